@@ -1,0 +1,232 @@
+"""Per-architecture table of intervention sites.
+
+A *site* names what an activation carries, in the words of the papers, independently of how a
+model family calls its modules:
+
+============  =====================================================================  ========
+site          what it carries                                                        width
+============  =====================================================================  ========
+resid_post    a layer's output residual stream                                       d_model
+attn_out      what the attention block adds to the residual stream                   d_model
+mlp_out       what the MLP block adds to the residual stream                         d_model
+attn_z        per-head attention outputs before the output projection                heads x head_dim
+              (the input of o_proj / c_proj / dense); unit = head
+mlp_act       the input of the MLP down projection (AUSteer's FFN units)             d_mlp
+============  =====================================================================  ========
+
+Each :class:`ArchRow` maps these names to a module path relative to one decoder layer and the
+side of that module the activation is read from (its ``output`` or its ``input``), in the spirit of
+pyvene's mapping tables.  For Gemma 2/3 the block outputs pass through post-norms before they are
+added to the residual stream, so ``attn_out`` / ``mlp_out`` are the outputs of those norms.
+
+Supporting a new architecture means adding one row to :data:`ARCHITECTURES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+SITES: tuple[str, ...] = ("resid_post", "attn_out", "mlp_out", "attn_z", "mlp_act")
+"""Every site name, in a fixed order."""
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Where a site lives inside one decoder layer.
+
+    Attributes:
+        path: dotted module path relative to the layer module ("" = the layer itself).
+        side: ``"output"`` (the module's output, first element if it returns a tuple) or
+            ``"input"`` (the module's first positional input).
+    """
+
+    path: str
+    side: Literal["output", "input"]
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes an intervention depends on; two models with equal dims accept the same edits."""
+
+    architecture: str
+    num_layers: int
+    d_model: int
+    num_heads: int
+    head_dim: int
+    d_mlp: int
+
+    def width(self, site: str) -> int:
+        """Width of the activation vector at ``site``."""
+        check_site(site)
+        if site == "attn_z":
+            return self.num_heads * self.head_dim
+        if site == "mlp_act":
+            return self.d_mlp
+        return self.d_model
+
+    def units(self, site: str) -> int:
+        """Number of units a per-unit edit scales at ``site`` (heads for attn_z, else 1)."""
+        return self.num_heads if site == "attn_z" else 1
+
+
+def _llama_dims(cfg) -> dict[str, int]:
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return dict(
+        num_layers=cfg.num_hidden_layers,
+        d_model=cfg.hidden_size,
+        num_heads=heads,
+        head_dim=head_dim,
+        d_mlp=cfg.intermediate_size,
+    )
+
+
+def _gpt2_dims(cfg) -> dict[str, int]:
+    return dict(
+        num_layers=cfg.n_layer,
+        d_model=cfg.n_embd,
+        num_heads=cfg.n_head,
+        head_dim=cfg.n_embd // cfg.n_head,
+        d_mlp=cfg.n_inner or 4 * cfg.n_embd,
+    )
+
+
+def _neox_dims(cfg) -> dict[str, int]:
+    return dict(
+        num_layers=cfg.num_hidden_layers,
+        d_model=cfg.hidden_size,
+        num_heads=cfg.num_attention_heads,
+        head_dim=cfg.hidden_size // cfg.num_attention_heads,
+        d_mlp=cfg.intermediate_size,
+    )
+
+
+@dataclass(frozen=True)
+class ArchRow:
+    """One model family: where its layers are, where each site is, and how to read its sizes."""
+
+    family: str
+    model_types: tuple[str, ...]
+    layers_path: str
+    sites: dict[str, SiteSpec]
+    dims: Callable[[object], dict[str, int]]
+
+
+_LLAMA_SITES = {
+    "resid_post": SiteSpec("", "output"),
+    "attn_out": SiteSpec("self_attn", "output"),
+    "mlp_out": SiteSpec("mlp", "output"),
+    "attn_z": SiteSpec("self_attn.o_proj", "input"),
+    "mlp_act": SiteSpec("mlp.down_proj", "input"),
+}
+
+_GEMMA_SITES = {
+    "resid_post": SiteSpec("", "output"),
+    # Gemma 2/3 normalise each block's output before adding it to the residual stream.
+    "attn_out": SiteSpec("post_attention_layernorm", "output"),
+    "mlp_out": SiteSpec("post_feedforward_layernorm", "output"),
+    "attn_z": SiteSpec("self_attn.o_proj", "input"),
+    "mlp_act": SiteSpec("mlp.down_proj", "input"),
+}
+
+ARCHITECTURES: tuple[ArchRow, ...] = (
+    ArchRow(
+        family="gpt2",
+        model_types=("gpt2",),
+        layers_path="transformer.h",
+        sites={
+            "resid_post": SiteSpec("", "output"),
+            "attn_out": SiteSpec("attn", "output"),
+            "mlp_out": SiteSpec("mlp", "output"),
+            "attn_z": SiteSpec("attn.c_proj", "input"),
+            "mlp_act": SiteSpec("mlp.c_proj", "input"),
+        },
+        dims=_gpt2_dims,
+    ),
+    ArchRow(
+        family="gpt_neox",
+        model_types=("gpt_neox",),
+        layers_path="gpt_neox.layers",
+        sites={
+            "resid_post": SiteSpec("", "output"),
+            "attn_out": SiteSpec("attention", "output"),
+            "mlp_out": SiteSpec("mlp", "output"),
+            "attn_z": SiteSpec("attention.dense", "input"),
+            "mlp_act": SiteSpec("mlp.dense_4h_to_h", "input"),
+        },
+        dims=_neox_dims,
+    ),
+    ArchRow(
+        family="llama",
+        model_types=("llama", "mistral", "qwen2", "qwen3"),
+        layers_path="model.layers",
+        sites=_LLAMA_SITES,
+        dims=_llama_dims,
+    ),
+    ArchRow(
+        family="gemma",
+        model_types=("gemma2", "gemma3_text"),
+        layers_path="model.layers",
+        sites=_GEMMA_SITES,
+        dims=_llama_dims,
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    """Every ``config.model_type`` the table knows."""
+    return sorted(t for row in ARCHITECTURES for t in row.model_types)
+
+
+def check_site(site: str) -> None:
+    """Raise a clear error for an unknown site name."""
+    if site not in SITES:
+        raise ValueError(f"Unknown site {site!r}. Supported sites: {', '.join(SITES)}.")
+
+
+def arch_row(model: nn.Module) -> ArchRow:
+    """The table row for ``model`` (a Hugging Face causal LM), or a clear error."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for row in ARCHITECTURES:
+        if model_type in row.model_types:
+            return row
+    raise ValueError(
+        f"Architecture {model_type!r} is not in the sites table. Supported model types: "
+        f"{', '.join(supported_model_types())}. Add a row to interventions.sites.ARCHITECTURES "
+        "to support it."
+    )
+
+
+def model_dims(model: nn.Module) -> ModelDims:
+    """Sizes of ``model`` as the sites table reads them from its config."""
+    row = arch_row(model)
+    return ModelDims(architecture=model.config.model_type, **row.dims(model.config))
+
+
+def layers(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder layers."""
+    return model.get_submodule(arch_row(model).layers_path)
+
+
+def check_layer(layer: int, num_layers: int) -> None:
+    """Raise a clear error for a layer index outside ``[0, num_layers)``."""
+    if not isinstance(layer, int) or not 0 <= layer < num_layers:
+        raise ValueError(
+            f"Layer {layer!r} is out of range: this model has {num_layers} layers, "
+            f"so layers must be integers in 0..{num_layers - 1}."
+        )
+
+
+def site_module(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, str]:
+    """The module that carries ``site`` at ``layer`` and the side to hook (output or input)."""
+    check_site(site)
+    row = arch_row(model)
+    stack = model.get_submodule(row.layers_path)
+    check_layer(layer, len(stack))
+    spec = row.sites[site]
+    module = stack[layer].get_submodule(spec.path) if spec.path else stack[layer]
+    return module, spec.side

@@ -1,0 +1,195 @@
+"""Sites and hooks on tiny random models of every supported architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHS, random_batch, tiny_model
+
+from interventions.edits import ActivScalar, DynScalar, SteerVec
+from interventions.hooks import attach, last_token_logits, position_ids, record
+from interventions.sites import SITES, model_dims, site_module
+
+
+def _fill(edit, seed=0, scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in edit.params.values():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return edit
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_residual_decomposition(arch):
+    """resid_pre + attn_out + mlp_out == resid_post at every layer (to 1e-5)."""
+    model = tiny_model(arch)
+    dims = model_dims(model)
+    ids, mask, _ = random_batch(2, [7, 7], "right")
+    points = [(l, s) for l in range(dims.num_layers) for s in ("resid_post", "attn_out", "mlp_out")]
+    with record(model, points) as acts:
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    for layer in range(dims.num_layers):
+        resid_pre = out.hidden_states[layer]
+        total = resid_pre + acts[(layer, "attn_out")] + acts[(layer, "mlp_out")]
+        torch.testing.assert_close(total, acts[(layer, "resid_post")], atol=1e-5, rtol=1e-5)
+        if layer < dims.num_layers - 1:  # the last hidden state is after the final norm
+            torch.testing.assert_close(acts[(layer, "resid_post")], out.hidden_states[layer + 1])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_site_widths(arch):
+    model = tiny_model(arch)
+    dims = model_dims(model)
+    ids, mask, _ = random_batch(1, [5], "right")
+    points = [(0, s) for s in SITES]
+    with record(model, points) as acts:
+        model(input_ids=ids, attention_mask=mask)
+    for site in SITES:
+        assert acts[(0, site)].shape == (1, 5, dims.width(site)), site
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", [ActivScalar, SteerVec, DynScalar])
+def test_zero_beta_or_zero_params_is_exact(arch, kind):
+    model = tiny_model(arch)
+    dims = model_dims(model)
+    ids, mask, _ = random_batch(3, [6, 6, 6], "left")
+    clean = model(input_ids=ids, attention_mask=mask).logits
+    edit = _fill(kind(dims, sites=list(SITES), positions="all", num_positions=6))
+    with attach(model, edit, beta=0.0):
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, clean)
+    edit = kind(dims, sites=list(SITES), positions="all", num_positions=6, init_std=0.0)
+    with attach(model, edit, beta=1.0):
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, clean)
+    with attach(model, _fill(edit), beta=1.0):  # and a real edit does change them
+        assert not torch.allclose(model(input_ids=ids, attention_mask=mask).logits, clean)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_resid_post_edit_equals_hand_edit_of_hidden_states(arch):
+    model = tiny_model(arch)
+    dims = model_dims(model)
+    ids, mask, _ = random_batch(2, [6, 6], "right")
+    clean = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    layer = 1
+    edit = _fill(ActivScalar(dims, sites=["resid_post"], layers=[layer], num_positions=6))
+    alpha = edit.params["resid_post"][0, :, 0]  # [positions]
+    beta = torch.tensor([1.0, -0.5])
+    with attach(model, edit, beta=beta):
+        edited = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    expected = clean[layer + 1] * (1 + beta[:, None, None] * alpha[None, :, None])
+    torch.testing.assert_close(edited[layer + 1], expected)
+    for earlier in range(layer + 1):
+        assert torch.equal(edited[earlier], clean[earlier])
+    assert not torch.allclose(edited[layer + 2], clean[layer + 2])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: ActivScalar(d, sites=["attn_z", "mlp_out"], positions=[0, 2, 3]),
+        lambda d: SteerVec(d, sites=["resid_post", "mlp_act"], positions="last"),
+        lambda d: DynScalar(d, sites=["attn_out", "attn_z"], positions="all"),
+    ],
+    ids=["activscalar-positions", "steervec-last", "dynscalar-all"],
+)
+def test_batched_equals_one_at_a_time(arch, padding_side, make):
+    model = tiny_model(arch)
+    edit = _fill(make(model_dims(model)))
+    lengths = [5, 8, 6, 8]
+    ids, mask, rows = random_batch(4, lengths, padding_side, seed=3)
+    beta = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    with attach(model, edit, beta=beta):
+        batched = last_token_logits(model, ids, mask)
+    for b, row in enumerate(rows):
+        with attach(model, edit, beta=float(beta[b])):
+            single = last_token_logits(model, row[None], torch.ones(1, len(row), dtype=torch.long))
+        torch.testing.assert_close(batched[b], single[0], atol=1e-5, rtol=1e-5)
+
+
+def test_positions_counted_on_real_tokens(llama):
+    ids, mask, _ = random_batch(2, [3, 5], "left")
+    with attach(llama, _Spy()) as session:
+        llama(input_ids=ids, attention_mask=mask)
+    assert session.ctx.pos.tolist() == [[-1, -1, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert session.ctx.last.tolist() == [[False] * 4 + [True], [False] * 4 + [True]]
+    assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+class _Spy:
+    def points(self):
+        return []
+
+    def prepare(self, ctx, beta):
+        return None
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: ActivScalar(d, sites=["attn_out", "mlp_out"], positions="all", num_positions=6),
+        lambda d: SteerVec(d, sites=["resid_post"], positions="last"),
+        lambda d: DynScalar(d, sites=["mlp_out", "attn_z"], positions="all"),
+    ],
+    ids=["activscalar-prompt", "steervec-last", "dynscalar-every"],
+)
+def test_generate_with_cache_equals_loop_without_cache(arch, make):
+    model = tiny_model(arch)
+    edit = _fill(make(model_dims(model)), scale=1.0)
+    ids, mask, _ = random_batch(2, [6, 4], "left", seed=1)
+    gen_kwargs = dict(
+        max_new_tokens=5,
+        do_sample=False,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    with attach(model, edit, beta=torch.tensor([1.0, -1.0])):
+        out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+    # reference: re-run the whole growing sequence each step, no cache, inside one block
+    seq, seq_mask, step_logits = ids, mask, []
+    with attach(model, edit, beta=torch.tensor([1.0, -1.0])):
+        for _ in range(5):
+            logits = model(
+                input_ids=seq,
+                attention_mask=seq_mask,
+                position_ids=position_ids(seq_mask),
+                use_cache=False,
+            ).logits[:, -1]
+            step_logits.append(logits)
+            nxt = logits.argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+            seq_mask = torch.cat([seq_mask, torch.ones_like(nxt)], 1)
+    assert torch.equal(out.sequences, seq)
+    for cached, loop in zip(out.logits, step_logits, strict=True):
+        torch.testing.assert_close(cached, loop, atol=1e-5, rtol=1e-5)
+    plain = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+    # the edit does act on the generated steps (the last step's logits differ)
+    assert not torch.allclose(plain.logits[-1], out.logits[-1], atol=1e-4)
+
+
+def test_errors(llama):
+    dims = model_dims(llama)
+    with pytest.raises(ValueError, match="Unknown site 'resid_pre'.*resid_post"):
+        ActivScalar(dims, sites=["resid_pre"], positions="last")
+    with pytest.raises(ValueError, match="out of range.*0..2"):
+        ActivScalar(dims, sites=["mlp_out"], layers=[3], positions="last")
+    with pytest.raises(ValueError, match="num_positions"):
+        ActivScalar(dims, sites=["mlp_out"], positions="all")
+    with pytest.raises(ValueError, match="Unknown site"):
+        site_module(llama, 0, "nope")
+    bert_like = torch.nn.Linear(2, 2)
+    bert_like.config = type("C", (), {"model_type": "bert"})()
+    with pytest.raises(ValueError, match="not in the sites table.*gpt2.*llama"):
+        model_dims(bert_like)
+    edit = ActivScalar(dims, sites=["mlp_out"], positions="last")
+    with pytest.raises(ValueError, match="beta has 3 entries but the batch has 2"):
+        with attach(llama, edit, beta=torch.ones(3)):
+            llama(input_ids=torch.ones(2, 4, dtype=torch.long))
+    other = tiny_model("gpt2")
+    with pytest.raises(ValueError, match="made for llama.*the model is gpt2"):
+        with attach(other, edit):
+            pass
