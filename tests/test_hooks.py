@@ -25,7 +25,8 @@ def test_residual_decomposition(arch):
     model = tiny_model(arch)
     dims = model_dims(model)
     ids, mask, _ = random_batch(2, [7, 7], "right")
-    points = [(l, s) for l in range(dims.num_layers) for s in ("resid_post", "attn_out", "mlp_out")]
+    sites = ("resid_post", "attn_out", "mlp_out")
+    points = [(layer, s) for layer in range(dims.num_layers) for s in sites]
     with record(model, points) as acts:
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     for layer in range(dims.num_layers):

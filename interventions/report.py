@@ -1,0 +1,107 @@
+"""What happens at the end of ``fit`` for the three-term trainer: evaluate, export, plot, log.
+
+* metrics on the train, val and test splits -> ``<run>/metrics.json`` and the logger
+  (``final/<split>/<metric>``);
+* the edit -> ``<run>/intervention/`` (safetensors + JSON; a W&B artifact when logging to W&B);
+* plots -> ``<run>/plots/heatmap.png`` (learned scalars per site over layers x tokens of an
+  example prompt) and ``<run>/plots/logits_vs_beta.png``; also logged as W&B images.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from interventions.edits import ActivScalar, DynScalar, PointEdit, SteerVec
+from interventions.export import save_intervention
+from interventions.hooks import record
+from interventions.plots import logits_vs_beta, site_heatmaps
+
+if TYPE_CHECKING:
+    from interventions.scaling import InterventionModule
+
+
+@torch.no_grad()
+def heatmap_values(edit: PointEdit, model, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``site -> [layers, positions(, heads)]`` what to draw for ``edit`` on one prompt.
+
+    ActivScalar: the learned scalars; SteerVec: the norm of each learned vector; DynScalar: the
+    scalars its probes assign to the clean activations of the prompt.
+    """
+    if isinstance(edit, ActivScalar):
+        return {s: p.detach().squeeze(-1) if p.shape[-1] == 1 else p.detach() for s, p in edit.params.items()}
+    if isinstance(edit, SteerVec):
+        return {s: p.detach().norm(dim=-1) for s, p in edit.params.items()}
+    if isinstance(edit, DynScalar):
+        with record(model, edit.points()) as acts:
+            model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        out = {}
+        for site in edit.sites:
+            rows = [edit.scalars(layer, site, acts[(layer, site)])[0] for layer in edit.layers]
+            v = torch.stack(rows)  # [layers, seq, units]
+            out[site] = v.squeeze(-1) if v.shape[-1] == 1 else v
+        return out
+    raise TypeError(f"No heatmap for {type(edit).__name__}.")
+
+
+def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
+    """Evaluate every split, export the edit, draw and log the plots; returns the metrics."""
+    trainer = module.trainer
+    run = module.run_dir()
+    dm = trainer.datamodule
+    metrics = {
+        "train": module.evaluate(dm.train_dataloader()),
+        "val": module.evaluate(dm.val_dataloader()),
+        "test": module.evaluate(dm.test_dataloader()),
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for logger in trainer.loggers:
+        logger.log_metrics(
+            {f"final/{split}/{k}": v for split, m in metrics.items() for k, v in m.items()},
+            step=trainer.global_step,
+        )
+    rank_zero_info("final metrics: " + json.dumps(metrics))
+
+    folder = save_intervention(
+        module.edit,
+        run / "intervention",
+        backbone=module.hparams.backbone,
+        extra=dict(metrics=metrics, hparams=dict(module.hparams)),
+    )
+
+    tokenizer = module.tokenizer
+    example = getattr(dm, "example_prompt", None) or dm.train_dataloader().dataset[0].prompt
+    ids = torch.tensor([tokenizer(example)["input_ids"]], device=module.device)
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    name = f"{type(module.edit).__name__} on {module.dims.architecture}"
+    heat = site_heatmaps(
+        heatmap_values(module.edit, module.model, ids),
+        tokens,
+        module.edit.layers,
+        title=name,
+        path=run / "plots" / "heatmap.png",
+    )
+    curve = module.logit_diff_by_beta(dm.test_dataloader(), module.beta_grid)
+    (run / "plots" / "logits_vs_beta.json").write_text(json.dumps(curve, indent=2) + "\n")
+    lines = logits_vs_beta(curve, title=name, path=run / "plots" / "logits_vs_beta.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(heat)
+    plt.close(lines)
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.log_image(
+                "plots", images=[str(run / "plots" / "heatmap.png"), str(run / "plots" / "logits_vs_beta.png")]
+            )
+            artifact = wandb.Artifact(f"intervention-{logger.experiment.id}", type="intervention")
+            artifact.add_dir(str(folder))
+            logger.experiment.log_artifact(artifact)
+    rank_zero_info(f"exported the intervention to {folder}")
+    return metrics

@@ -1,0 +1,248 @@
+"""Activation scaling (Stoehr et al.): the three-term trainer as a LightningModule.
+
+:class:`InterventionModule` wraps a frozen backbone and one edit (ActivScalar, SteerVec or
+DynScalar, see :mod:`interventions.edits`) and trains the edit on effectiveness + faithfulness +
+minimality.  Each training step runs the beta = +1, beta = -1 and clean passes as one
+concatenated batch (beta is a per-row runtime argument; the clean rows have beta = 0 and their
+logits are detached).
+
+The backbone is held outside the module tree, so checkpoints contain the edit's parameters and
+the hyperparameters only; loading a checkpoint reloads the backbone by name.  At the end of
+``fit`` the edit is exported to ``<run>/intervention/`` (safetensors + JSON, also logged as a W&B
+artifact) and the plots are written to ``<run>/plots/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from interventions.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.edits import EDITS, PointEdit, PositionSpec, build_edit
+from interventions.hooks import attach, last_token_logits
+from interventions.objectives import InterventionMetrics, objective_terms, three_term_loss
+from interventions.sites import model_dims
+
+EditKind = Literal["activscalar", "steervec", "dynscalar"]
+
+
+class InterventionModule(L.LightningModule):
+    """A frozen causal LM plus one trainable edit, trained on the three-term objective.
+
+    Args:
+        backbone: model to intervene on: the alias ``smollm2-135m-instruct`` (packaged, offline),
+            a local folder or a hub name.
+        edit: edit type: ``activscalar`` (h * (1 + beta alpha)), ``steervec`` (h + beta v) or
+            ``dynscalar`` (alpha = g^T h / ||h||).
+        sites: sites to edit (``resid_post``, ``attn_out``, ``mlp_out``, ``attn_z``, ``mlp_act``).
+        layers: layers to edit; ``None`` = every layer.
+        positions: ``"all"`` (one parameter per prompt position for ActivScalar / SteerVec, every
+            token for DynScalar), ``"last"`` or a list of prompt positions.
+        num_positions: prompt token length for position-tied edits; ``None`` = taken from the
+            data module's ``prompt_length`` at setup.
+        init_std: standard deviation sigma of the N(0, sigma) initialisation.
+        lambda_f: weight lambda_F of the faithfulness (KL) term.
+        lambda_m: weight lambda_M of the L1 minimality term.
+        margin: margin m of the effectiveness hinge.
+        lr: Adam learning rate.
+        dtype: backbone dtype (``float32``, ``bfloat16``, ``float16``).
+        adapter: optional PEFT adapter folder merged into the backbone.
+        beta_grid: betas for the logit-difference-vs-beta plot made at the end of ``fit``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        edit: EditKind = "activscalar",
+        sites: list[str] | None = None,
+        layers: list[int] | None = None,
+        positions: PositionSpec = "all",
+        num_positions: int | None = None,
+        init_std: float = 1e-5,
+        lambda_f: float = 1.0,
+        lambda_m: float = 0.0,
+        margin: float = 1.0,
+        lr: float = 1e-2,
+        dtype: str = "float32",
+        adapter: str | None = None,
+        beta_grid: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if edit not in EDITS:
+            raise ValueError(f"Unknown edit {edit!r}. Available: {', '.join(sorted(EDITS))}.")
+        if lambda_f < 0 or lambda_m < 0 or margin < 0:
+            raise ValueError("lambda_f, lambda_m and margin must be >= 0.")
+        self.save_hyperparameters()
+        self.sites = list(sites) if sites else ["attn_out", "mlp_out"]
+        model, tokenizer = load_backbone(backbone, dtype=dtype, adapter=adapter)
+        # Held outside the module tree: never in state_dict / checkpoints, never put in train mode.
+        self.__dict__["model"] = model
+        self.__dict__["tokenizer"] = tokenizer
+        self.dims = model_dims(model)
+        self.beta_grid = beta_grid or [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
+        self.edit: PointEdit | None = None
+        if not self._needs_prompt_length():
+            self._build_edit(num_positions)
+        self.val_metrics = InterventionMetrics("val/")
+        self.test_metrics = InterventionMetrics("test/")
+
+    # ------------------------------------------------------------------------------ building
+    def _needs_prompt_length(self) -> bool:
+        h = self.hparams
+        tied = EDITS[h.edit].position_tied and h.positions == "all"
+        negative = isinstance(h.positions, list) and any(p < 0 for p in h.positions)
+        return (tied or negative) and h.num_positions is None
+
+    def _build_edit(self, num_positions: int | None) -> None:
+        h = self.hparams
+        self.edit = build_edit(
+            h.edit,
+            self.dims,
+            sites=self.sites,
+            layers=h.layers,
+            positions=h.positions,
+            num_positions=num_positions,
+            init_std=h.init_std,
+        )
+        self.hparams["num_positions"] = num_positions
+        rank_zero_info(
+            f"{type(self.edit).__name__}: {self.edit.num_parameters():,} parameters on "
+            f"{len(self.edit.layers)} layers x {self.edit.sites} x {self.edit.num_slots} position(s)"
+        )
+
+    def setup(self, stage: str) -> None:
+        if self.edit is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        length = getattr(datamodule, "prompt_length", None)
+        if length is None:
+            raise ValueError(
+                f"{self.hparams.edit} with positions={self.hparams.positions!r} ties parameters to "
+                "prompt positions, so all prompts must have one token length: use a data module "
+                "with fixed_length=true, set model.num_positions, or use positions='last' / "
+                "edit=dynscalar for prompts of varying length."
+            )
+        self._build_edit(int(length))
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.__dict__["model"]._apply(fn)  # keep the backbone on the module's device / dtype
+        return self
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.edit.parameters(), lr=self.hparams.lr)
+
+    # ------------------------------------------------------------------------------ forward
+    def _check_lengths(self, mask: Tensor) -> None:
+        if not (self.edit.position_tied and self.edit.positions == "all"):
+            return
+        lengths = mask.sum(1)
+        expected = self.edit.num_positions
+        if bool((lengths != expected).any()):
+            raise ValueError(
+                f"{type(self.edit).__name__} ties one parameter to each of {expected} prompt "
+                f"positions, but this batch has prompts of {sorted(set(lengths.tolist()))} tokens. "
+                "Use fixed_length=true in the data module, or positions='last' / DynScalar."
+            )
+
+    def three_way_logits(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits at the last prompt token for beta = +1, -1 and the clean model, one pass."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        self._check_lengths(mask)
+        n = ids.shape[0]
+        beta = torch.cat([ids.new_ones(n), -ids.new_ones(n), ids.new_zeros(n)]).float()
+        with attach(self.model, self.edit, beta=beta):
+            logits = last_token_logits(self.model, ids.repeat(3, 1), mask.repeat(3, 1))
+        pos, neg, clean = logits.split(n)
+        return pos, neg, clean.detach()
+
+    def _terms(self, batch: dict[str, Any]):
+        pos, neg, clean = self.three_way_logits(batch)
+        return objective_terms(
+            pos, neg, clean, batch["correct_id"], batch["wrong_id"], self.hparams.margin
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        terms = self._terms(batch)
+        parts = three_term_loss(
+            terms, self.edit.l1(), self.hparams.lambda_f, self.hparams.lambda_m
+        )
+        n = batch["input_ids"].shape[0]
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
+        self.log("train/effectiveness", -terms.hinge0.mean(), prog_bar=True, batch_size=n)
+        self.log("train/faithfulness", parts["faithfulness"], batch_size=n)
+        self.log("train/flip_rate", terms.flipped.float().mean(), batch_size=n)
+        self.log("train/l1", parts["l1"], batch_size=n)
+        return parts["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update_from(self._terms(batch))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_metrics.update_from(self._terms(batch))
+
+    def _log_epoch(self, metrics: InterventionMetrics, prefix: str) -> None:
+        self.log_dict(metrics.compute(), prog_bar=prefix == "val/")
+        self.log(f"{prefix}minimality", float(self.edit.count_nonnegligible()))
+        self.log(f"{prefix}num_parameters", float(self.edit.num_parameters()))
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics, "val/")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_metrics, "test/")
+
+    # ------------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, dataloader) -> dict[str, float]:
+        """All metrics on one data loader, outside the trainer (used for train-split numbers)."""
+        metrics = InterventionMetrics("").to(self.device)
+        for batch in dataloader:
+            batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            metrics.update_from(self._terms(batch))
+        out = {k: float(v) for k, v in metrics.compute().items()}
+        out["minimality"] = float(self.edit.count_nonnegligible())
+        out["num_parameters"] = float(self.edit.num_parameters())
+        return out
+
+    @torch.no_grad()
+    def logit_diff_by_beta(self, dataloader, betas: list[float]) -> dict[str, list[float]]:
+        """Mean logit of the correct and wrong token, and their difference, for each beta."""
+        sums = torch.zeros(len(betas), 2)
+        count = 0
+        for batch in dataloader:
+            ids = batch["input_ids"].to(self.device)
+            mask = batch["attention_mask"].to(self.device)
+            correct, wrong = batch["correct_id"].to(self.device), batch["wrong_id"].to(self.device)
+            rows = torch.arange(ids.shape[0], device=self.device)
+            for i, beta in enumerate(betas):
+                with attach(self.model, self.edit, beta=beta):
+                    logits = last_token_logits(self.model, ids, mask)
+                sums[i, 0] += logits[rows, correct].sum().cpu()
+                sums[i, 1] += logits[rows, wrong].sum().cpu()
+            count += ids.shape[0]
+        means = sums / max(count, 1)
+        return dict(
+            beta=list(betas),
+            correct=means[:, 0].tolist(),
+            wrong=means[:, 1].tolist(),
+            diff=(means[:, 0] - means[:, 1]).tolist(),
+        )
+
+    # ------------------------------------------------------------------------------ end of fit
+    def run_dir(self) -> Path:
+        """The run folder: the trainer's default_root_dir."""
+        return Path(self.trainer.default_root_dir)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        from interventions.report import finish_run
+
+        finish_run(self)
