@@ -32,7 +32,7 @@ class InterventionCLI(LightningCLI):
         if isinstance(logger, dict) or hasattr(logger, "get"):
             init = logger.get("init_args")
             if init is not None and "WandbLogger" in str(logger.get("class_path", "")):
-                if not init.get("save_dir"):
+                if init.get("save_dir") in (None, "", "."):
                     init["save_dir"] = run
                 if not init.get("name"):
                     init["name"] = Path(run).name

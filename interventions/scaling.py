@@ -167,11 +167,14 @@ class InterventionModule(L.LightningModule):
             pos, neg, clean, batch["correct_id"], batch["wrong_id"], self.hparams.margin
         )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def loss(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Any]:
+        """The three-term loss of one batch, its parts and the per-example terms."""
         terms = self._terms(batch)
-        parts = three_term_loss(
-            terms, self.edit.l1(), self.hparams.lambda_f, self.hparams.lambda_m
-        )
+        parts = three_term_loss(terms, self.edit.l1(), self.hparams.lambda_f, self.hparams.lambda_m)
+        return parts, terms
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        parts, terms = self.loss(batch)
         n = batch["input_ids"].shape[0]
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
         self.log("train/effectiveness", -terms.hinge0.mean(), prog_bar=True, batch_size=n)

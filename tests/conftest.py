@@ -99,3 +99,33 @@ def random_batch(batch: int, lengths: list[int], padding_side: str, seed: int = 
             ids[b, :n] = row
             mask[b, :n] = 1
     return ids, mask, rows
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The real SmolLM2 tokenizer (the first run builds the backbone cache once)."""
+    from interventions.backbone import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random Llama with SmolLM2's vocabulary, saved with its tokenizer: a local backbone
+    folder that data modules and the trainer can load by path."""
+    folder = tmp_path_factory.mktemp("tiny_smol")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(smol_tokenizer),
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=smol_tokenizer.pad_token_id,
+    )
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return str(folder)
