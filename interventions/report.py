@@ -33,7 +33,10 @@ def heatmap_values(edit: PointEdit, model, input_ids: torch.Tensor) -> dict[str,
     scalars its probes assign to the clean activations of the prompt.
     """
     if isinstance(edit, ActivScalar):
-        return {s: p.detach().squeeze(-1) if p.shape[-1] == 1 else p.detach() for s, p in edit.params.items()}
+        return {
+            s: p.detach().squeeze(-1) if p.shape[-1] == 1 else p.detach()
+            for s, p in edit.params.items()
+        }
     if isinstance(edit, SteerVec):
         return {s: p.detach().norm(dim=-1) for s, p in edit.params.items()}
     if isinstance(edit, DynScalar):
@@ -98,7 +101,11 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
             import wandb
 
             logger.log_image(
-                "plots", images=[str(run / "plots" / "heatmap.png"), str(run / "plots" / "logits_vs_beta.png")]
+                "plots",
+                images=[
+                    str(run / "plots" / "heatmap.png"),
+                    str(run / "plots" / "logits_vs_beta.png"),
+                ],
             )
             artifact = wandb.Artifact(f"intervention-{logger.experiment.id}", type="intervention")
             artifact.add_dir(str(folder))

@@ -40,8 +40,13 @@ def _batch(n=4, length=6, seed=0):
 @pytest.mark.parametrize("edit", ["activscalar", "steervec", "dynscalar"])
 def test_loss_gradient_matches_finite_differences(tiny_backbone_dir, edit):
     module = _module(
-        tiny_backbone_dir, edit=edit, sites=["attn_out", "mlp_out", "attn_z"], positions="all",
-        lambda_f=0.7, lambda_m=0.3, margin=5.0,
+        tiny_backbone_dir,
+        edit=edit,
+        sites=["attn_out", "mlp_out", "attn_z"],
+        positions="all",
+        lambda_f=0.7,
+        lambda_m=0.3,
+        margin=5.0,
     ).to(torch.float64)
     with torch.no_grad():
         g = torch.Generator().manual_seed(1)
@@ -191,7 +196,9 @@ def test_bad_intervention_files(tiny_backbone_dir, tmp_path):
         load_intervention(bad)
     meta["config"]["sites"] = ["resid_post"]
     (bad / "intervention.json").write_text(json.dumps(meta))
-    (bad / "intervention.safetensors").write_bytes((folder / "intervention.safetensors").read_bytes())
+    (bad / "intervention.safetensors").write_bytes(
+        (folder / "intervention.safetensors").read_bytes()
+    )
     with pytest.raises(ValueError, match="do not belong together"):
         load_intervention(bad)
     # unknown keys in newer files are tolerated
