@@ -64,12 +64,19 @@ def trainer_defaults() -> dict:
     }
 
 
-def main(args: list[str] | None = None) -> InterventionCLI:
-    """Run the CLI (``train.py`` calls this)."""
+def build_cli(args: list[str] | None = None, run: bool = True) -> InterventionCLI:
+    """The CLI with the project's defaults; ``run=False`` only parses and instantiates (then
+    ``cli.trainer.fit(cli.model, cli.datamodule)`` trains), as the Pareto sweep does."""
     return InterventionCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=trainer_defaults(),
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
+
+
+def main(args: list[str] | None = None) -> InterventionCLI:
+    """Run the CLI (``train.py`` calls this)."""
+    return build_cli(args)
