@@ -57,7 +57,7 @@ def trainer_defaults() -> dict:
                 dirpath=None,
                 filename="{epoch}-{step}",
                 save_last=True,
-                save_top_k=0,
+                save_top_k=1,  # the newest epoch (no monitor); last.ckpt is saved with it
             )
         ],
         "log_every_n_steps": 1,
