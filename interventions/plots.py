@@ -36,7 +36,7 @@ def site_heatmaps(
     Args:
         values: ``site -> [layers, positions]`` or ``[layers, positions, units]`` (heads become
             extra rows, labelled ``layer.head``).
-        tokens: tick labels for the position axis (the tokens of an example prompt); when there
+        tokens: tick labels for the position axis (the decoded tokens of an example prompt); when there
             is one column only, it is labelled with the last token.
         layer_labels: layer index of each row.
         title: figure title.

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -56,17 +57,18 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
     trainer = module.trainer
     run = module.run_dir()
     dm = trainer.datamodule
+    fit_seconds = time.perf_counter() - getattr(module, "_fit_started", time.perf_counter())
     metrics = {
         "train": module.evaluate(dm.train_dataloader()),
         "val": module.evaluate(dm.val_dataloader()),
         "test": module.evaluate(dm.test_dataloader()),
     }
+    flat = {f"final/{split}/{k}": v for split, m in metrics.items() for k, v in m.items()}
+    flat["final/fit_wall_time_s"] = fit_seconds
+    metrics["fit_wall_time_s"] = fit_seconds
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for logger in trainer.loggers:
-        logger.log_metrics(
-            {f"final/{split}/{k}": v for split, m in metrics.items() for k, v in m.items()},
-            step=trainer.global_step,
-        )
+        logger.log_metrics(flat, step=trainer.global_step)
     rank_zero_info("final metrics: " + json.dumps(metrics))
 
     folder = save_intervention(
@@ -79,8 +81,8 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
     tokenizer = module.tokenizer
     example = getattr(dm, "example_prompt", None) or dm.train_dataloader().dataset[0].prompt
     ids = torch.tensor([tokenizer(example)["input_ids"]], device=module.device)
-    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
-    name = f"{type(module.edit).__name__} on {module.dims.architecture}"
+    tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
+    name = f"{type(module.edit).__name__} on {module.hparams.backbone}"
     heat = site_heatmaps(
         heatmap_values(module.edit, module.model, ids),
         tokens,

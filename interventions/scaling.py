@@ -14,6 +14,8 @@ artifact) and the plots are written to ``<run>/plots/``.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,7 +201,13 @@ class InterventionModule(L.LightningModule):
         self._log_epoch(self.val_metrics, "val/")
 
     def on_test_epoch_end(self) -> None:
+        values = {k: float(v) for k, v in self.test_metrics.compute().items()}
         self._log_epoch(self.test_metrics, "test/")
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            values["test/minimality"] = float(self.edit.count_nonnegligible())
+            run = self.run_dir()
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "test_metrics.json").write_text(json.dumps(values, indent=2) + "\n")
 
     # ------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -242,6 +250,9 @@ class InterventionModule(L.LightningModule):
     def run_dir(self) -> Path:
         """The run folder: the trainer's default_root_dir."""
         return Path(self.trainer.default_root_dir)
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
 
     def on_fit_end(self) -> None:
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
