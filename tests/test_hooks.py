@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, random_batch, tiny_model
+from conftest import ARCHS, random_batch, tiny_config, tiny_model
+from transformers import AutoModelForCausalLM
 
 from interventions.edits import ActivScalar, DynScalar, SteerVec
 from interventions.hooks import attach, last_token_logits, position_ids, record
@@ -193,4 +194,10 @@ def test_errors(llama):
     other = tiny_model("gpt2")
     with pytest.raises(ValueError, match="made for llama.*the model is gpt2"):
         with attach(other, edit):
+            pass
+    cfg = tiny_config("llama")
+    cfg.num_hidden_layers = 2
+    smaller = AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(ValueError, match="llama with 3 layers.*llama with 2 layers"):
+        with attach(smaller, edit):
             pass

@@ -144,7 +144,8 @@ def test_checkpoint_has_no_backbone_and_resume_continues(tiny_backbone_dir, tmp_
     run = tmp_path / "b"
     assert (run / "intervention" / "intervention.safetensors").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"train", "val", "test"}
+    assert set(metrics) == {"train", "val", "test", "fit_wall_time_s"}
+    assert metrics["fit_wall_time_s"] > 0
     assert -1e9 < metrics["test"]["effectiveness"] <= 0
     assert metrics["test"]["num_parameters"] == module.edit.num_parameters()
     assert (run / "plots" / "heatmap.png").stat().st_size > 1000
