@@ -2,18 +2,21 @@
 
 Each prompt asserts a wrong capital in context and then asks for the capital. The correct answer
 is the true capital (prior knowledge), the wrong one is the context city, which is the capital of
-another country drawn with the seed. Two templates of the same token length (for the same
+another country drawn with the seed. Three templates of the same token length (for the same
 country and city, checked for every country of the data files with the SmolLM2 tokenizer)::
 
     default: "The capital of {country} is {context_city}. Q: What is the capital of {country}? A:"
     alt:     "The capital of {country} is {context_city}. Q: Which city is {country}'s capital? A:"
+    moved:   "So {context_city} is capital of {country}. Q: What is the capital of {country}? A:"
 
     e.g. default: "The capital of Germany is Paris. Q: What is the capital of Germany? A:"
          correct " Berlin", wrong " Paris"
 
 The default template is the measureLM one (``ccc/ccc_prompt_templates.json``); ``alt`` rewords
-the question and is the "different template" of the paper's Table 2 generalisation test: train
-on ``default``, evaluate on ``alt``, with position-tied interventions still applicable.
+the question and ``moved`` rewords the context so that the context city and the country sit at
+other token positions. Both are "different templates" for the paper's Table 2 generalisation test:
+train on ``default``, evaluate on ``alt`` / ``moved``, with position-tied interventions still
+applicable (same length) but, for ``moved``, tied to positions that now hold other tokens.
 
 Only countries whose ``" " + capital`` is one token of the backbone's tokenizer are kept, and
 countries whose capital shares its name with the country (e.g. Luxembourg) are left out since the
@@ -44,6 +47,7 @@ CCC_TEMPLATES: dict[str, str] = {
         "The capital of {country} is {context_city}. Q: What is the capital of {country}? A:"
     ),
     "alt": "The capital of {country} is {context_city}. Q: Which city is {country}'s capital? A:",
+    "moved": "So {context_city} is capital of {country}. Q: What is the capital of {country}? A:",
 }
 
 CSV_FILE = "ccc/country_capitals.csv"
@@ -129,7 +133,7 @@ class CCCDataModule(ContrastiveDataModule):
         data_dir: str | None = None,
         num_workers: int = 0,
         facts: Literal["csv", "json", "builtin"] = "csv",
-        template: Literal["default", "alt"] = "default",
+        template: Literal["default", "alt", "moved"] = "default",
     ) -> None:
         """Configure the datamodule (this signature is the YAML/CLI schema).
 
@@ -149,8 +153,8 @@ class CCCDataModule(ContrastiveDataModule):
             num_workers: DataLoader worker processes.
             facts: Source of the country-capital pairs: ``csv`` (190 pairs), ``json`` (197 pairs)
                 or ``builtin`` (60 pairs written in this module, no data folder needed).
-            template: Prompt template, ``default`` or ``alt`` (same token length; see the module
-                docstring). The same seed gives the same countries, cities and splits for both.
+            template: Prompt template, ``default``, ``alt`` or ``moved`` (same token length; see the
+                module docstring). The same seed gives the same countries, cities and splits for all.
         """
         super().__init__(
             backbone=backbone,

@@ -154,19 +154,23 @@ def test_padding_side(side):
 def test_ccc_alt_template_same_length_for_every_country(facts, tokenizer):
     pairs = CCCDataModule(facts=facts).load_facts()
     assert len(pairs) >= len(BUILTIN_CAPITALS)
+    assert set(CCC_TEMPLATES) == {"default", "alt", "moved"}
     for country, _ in pairs:
-        default, alt = (
-            CCC_TEMPLATES[t].format(country=country, context_city="Paris") for t in CCC_TEMPLATES
-        )
-        assert n_tokens(tokenizer, default) == n_tokens(tokenizer, alt), country
+        for city in ("Paris", "Berlin", "Lima"):
+            lengths = {
+                name: n_tokens(tokenizer, t.format(country=country, context_city=city))
+                for name, t in CCC_TEMPLATES.items()
+            }
+            assert len(set(lengths.values())) == 1, (country, city, lengths)
 
 
-def test_ccc_alt_datamodule_matches_default(ccc):
-    alt = CCCDataModule(template="alt")
+@pytest.mark.parametrize("template,marker", [("alt", "Which city is"), ("moved", "So ")])
+def test_ccc_alt_datamodule_matches_default(ccc, template, marker):
+    alt = CCCDataModule(template=template)
     assert alt.prompt_length == ccc.prompt_length
-    for a, d in zip(alt.test_examples, ccc.test_examples):
+    for a, d in zip(alt.test_examples, ccc.test_examples, strict=True):
         assert (a.correct, a.wrong) == (d.correct, d.wrong)
-        assert "Which city is" in a.prompt and a.prompt != d.prompt
+        assert marker in a.prompt and a.prompt != d.prompt
 
 
 def test_ccc_prompt_format(ccc):
