@@ -35,10 +35,13 @@ def effectiveness_hinge(diff_pos: Tensor, diff_neg: Tensor, margin: float) -> Te
 
 
 def kl_to_clean(logits: Tensor, clean_logits: Tensor) -> Tensor:
-    """``[batch]`` KL(softmax(logits) || softmax(clean_logits)) over the vocabulary."""
+    """``[batch]`` KL(softmax(logits) || softmax(clean_logits)) over the vocabulary.
+
+    Clamped at 0: identical distributions can round to a tiny negative value.
+    """
     logp = logits.float().log_softmax(-1)
     logq = clean_logits.float().log_softmax(-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    return (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)
 
 
 @dataclass

@@ -154,6 +154,12 @@ class InterventionModule(L.LightningModule):
 
     def three_way_logits(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Logits at the last prompt token for beta = +1, -1 and the clean model, one pass."""
+        if self.edit is None:
+            raise RuntimeError(
+                "The edit is not built yet: position-tied edits take num_positions from the data "
+                "module at setup. Pass num_positions=<prompt length> to InterventionModule, or "
+                "call this after trainer.fit / validate / test."
+            )
         ids, mask = batch["input_ids"], batch["attention_mask"]
         self._check_lengths(mask)
         n = ids.shape[0]

@@ -14,8 +14,8 @@ from interventions.scaling import InterventionModule
 def test_activscalar_learns_to_flip_ioi_on_smollm2(tmp_path):
     L.seed_everything(0)
     dm = IOIDataModule(num_train=16, num_val=16, num_test=16, batch_size=16)
-    module = InterventionModule(lr=0.03, lambda_m=0.001)
-    before = module.evaluate(_setup(dm).val_dataloader())
+    module = InterventionModule(lr=0.03, lambda_m=0.001, num_positions=_setup(dm).prompt_length)
+    before = module.evaluate(dm.val_dataloader())
     assert before["flip_rate"] == 0.0  # SmolLM2 prefers IO: nothing flips without training
     assert before["logit_diff_clean"] > 1.0
     trainer = L.Trainer(
