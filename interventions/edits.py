@@ -164,7 +164,7 @@ class PointEdit(nn.Module):
             slot = slot.clamp(min=0)
         return EditState(
             slot=slot,
-            on=on.to(beta.dtype if beta.is_floating_point() else torch.float32),
+            on=on.to(beta.dtype),
             beta=beta,
         )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from interventions import backbone
 from interventions.backbone import (
@@ -31,32 +31,11 @@ from interventions.backbone import (
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
-@pytest.fixture(scope="session")
-def smol_tokenizer():
-    """The real SmolLM2 tokenizer (builds the default cache on the first run)."""
-    return load_tokenizer(DEFAULT_BACKBONE)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, smol_tokenizer) -> Path:
-    """A tiny random Llama (tied embeddings, like SmolLM2) saved with the SmolLM2 tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        vocab_size=len(smol_tokenizer),
-        bos_token_id=smol_tokenizer.bos_token_id,
-        eos_token_id=smol_tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
-    return folder
+@pytest.fixture
+def tiny_dir(tiny_backbone_dir) -> Path:
+    """conftest's tiny random Llama (tied embeddings, like SmolLM2) saved with the SmolLM2
+    tokenizer."""
+    return Path(tiny_backbone_dir)
 
 
 def _logits(model, tokenizer, texts=(PROMPT, "John and Mary")) -> torch.Tensor:
@@ -71,7 +50,7 @@ def _logits(model, tokenizer, texts=(PROMPT, "John and Mary")) -> torch.Tensor:
 def test_local_folder_loads_frozen_eval_with_pad(tiny_dir):
     assert resolve_backbone(str(tiny_dir)) == str(tiny_dir)
     model, tok = load_backbone(str(tiny_dir))
-    assert model.config.num_hidden_layers == 2
+    assert model.config.num_hidden_layers == 3
     assert not model.training
     assert all(not p.requires_grad for p in model.parameters())
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -201,7 +180,7 @@ def test_alias_builds_cache_once(tmp_cache):
     assert "quantization_config" not in config
     assert config["tie_word_embeddings"] is True
     model, tok = load_backbone(DEFAULT_BACKBONE)
-    assert model.config.hidden_size == 64 and tok.pad_token is not None
+    assert model.config.hidden_size == 32 and tok.pad_token is not None
     assert len(tmp_cache) == 1  # second use reads the cache
     assert _leftovers() == []
 
