@@ -57,6 +57,12 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
     trainer = module.trainer
     run = module.run_dir()
     dm = trainer.datamodule
+    if dm is None:  # loaders passed to fit() directly: no splits to evaluate or plot
+        folder = save_intervention(
+            module.edit, run / "intervention", backbone=module.hparams.backbone
+        )
+        rank_zero_info(f"exported the intervention to {folder} (no data module: no final metrics)")
+        return {}
     fit_seconds = time.perf_counter() - getattr(module, "_fit_started", time.perf_counter())
     metrics = {
         "train": module.evaluate(dm.train_dataloader()),

@@ -282,3 +282,14 @@ def test_every_config_runs(config, tiny_backbone_dir, tmp_path):
     assert cli.trainer.global_step == 1
     meta = json.loads((tmp_path / "intervention" / "intervention.json").read_text())
     assert meta["type"] == cli.model.hparams.edit
+
+
+def test_fit_with_plain_dataloaders_still_exports(tiny_backbone_dir, tmp_path):
+    dm = _datamodule(tiny_backbone_dir)
+    module = InterventionModule(backbone=tiny_backbone_dir, num_positions=dm.prompt_length)
+    _trainer(tmp_path, max_steps=1).fit(module, dm.train_dataloader(), dm.val_dataloader())
+    assert (
+        load_intervention(tmp_path / "intervention").num_parameters()
+        == module.edit.num_parameters()
+    )
+    assert not (tmp_path / "metrics.json").exists()
