@@ -214,6 +214,13 @@ class PointEdit(nn.Module):
         units = self.dims.units(site)
         return h.unflatten(-1, (units, h.shape[-1] // units))  # [batch, seq, units, width/units]
 
+    def _scale(self, site: str, h: Tensor, state: EditState, alpha: Tensor) -> Tensor:
+        """``h * (1 + beta * alpha)`` where the edit is on; ``alpha`` is ``[batch, seq, units]``."""
+        scale = 1 + (state.beta[:, None, None] * state.on[..., None]).to(h.dtype) * alpha
+        if scale.shape[-1] == 1:
+            return h * scale  # [batch, seq, 1] broadcasts over the width
+        return (self._split_units(site, h) * scale[..., None]).flatten(-2)
+
 
 class ActivScalar(PointEdit):
     """Activation scaling: ``h * (1 + beta * alpha)``; one scalar per point (per head on attn_z)."""
@@ -225,12 +232,7 @@ class ActivScalar(PointEdit):
 
     def apply(self, layer: int, site: str, h: Tensor, state: EditState) -> Tensor:
         alpha = self.params[site][self._row[layer]].to(h.dtype)  # [slots, units]
-        scale = (
-            1 + (state.beta[:, None, None] * state.on[..., None]).to(h.dtype) * alpha[state.slot]
-        )
-        if scale.shape[-1] == 1:
-            return h * scale  # [batch, seq, 1] broadcasts over the width
-        return (self._split_units(site, h) * scale[..., None]).flatten(-2)
+        return self._scale(site, h, state, alpha[state.slot])
 
 
 class SteerVec(PointEdit):
@@ -267,9 +269,7 @@ class DynScalar(PointEdit):
         return (hu * g).sum(-1) / (hu.norm(dim=-1) + self.eps)
 
     def apply(self, layer: int, site: str, h: Tensor, state: EditState) -> Tensor:
-        alpha = self.scalars(layer, site, h)
-        scale = 1 + (state.beta[:, None] * state.on).to(h.dtype)[..., None] * alpha
-        return (self._split_units(site, h) * scale[..., None]).flatten(-2)
+        return self._scale(site, h, state, self.scalars(layer, site, h))
 
 
 EDITS: dict[str, type[PointEdit]] = {cls.kind: cls for cls in (ActivScalar, SteerVec, DynScalar)}

@@ -216,12 +216,15 @@ class InterventionModule(L.LightningModule):
             (run / "test_metrics.json").write_text(json.dumps(values, indent=2) + "\n")
 
     # ------------------------------------------------------------------------------ evaluation
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
     @torch.no_grad()
     def evaluate(self, dataloader) -> dict[str, float]:
         """All metrics on one data loader, outside the trainer (used for train-split numbers)."""
         metrics = InterventionMetrics("").to(self.device)
         for batch in dataloader:
-            batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            batch = self._on_device(batch)
             metrics.update_from(self._terms(batch))
         out = {k: float(v) for k, v in metrics.compute().items()}
         out["minimality"] = float(self.edit.count_nonnegligible())
@@ -234,9 +237,9 @@ class InterventionModule(L.LightningModule):
         sums = torch.zeros(len(betas), 2)
         count = 0
         for batch in dataloader:
-            ids = batch["input_ids"].to(self.device)
-            mask = batch["attention_mask"].to(self.device)
-            correct, wrong = batch["correct_id"].to(self.device), batch["wrong_id"].to(self.device)
+            batch = self._on_device(batch)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            correct, wrong = batch["correct_id"], batch["wrong_id"]
             rows = torch.arange(ids.shape[0], device=self.device)
             for i, beta in enumerate(betas):
                 with attach(self.model, self.edit, beta=beta):
