@@ -119,7 +119,8 @@ class ContrastiveDataModule(LightningDataModule):
        same token length as its clean prompt;
     2. with ``fixed_length``, keeps only the prompts whose token length is the most common one
        (position-tied interventions need one length) and reports how many were dropped;
-    3. makes deterministic train/val/test splits from a permutation seeded by ``seed``.
+    3. makes deterministic train/val/test splits from a permutation seeded by ``seed``, of the
+       sizes given by :meth:`split_sizes` (by default ``num_train``/``num_val``/``num_test``).
 
     Subclasses may read ``num_train + num_val + num_test`` (:attr:`num_requested`) to decide how
     many examples to generate.
@@ -185,6 +186,18 @@ class ContrastiveDataModule(LightningDataModule):
     def build_examples(self) -> list[ContrastiveExample]:
         """Return the pool of candidate examples (before length filtering and splitting)."""
         raise NotImplementedError(f"{type(self).__name__} must implement build_examples()")
+
+    def split_sizes(self, available: int) -> tuple[int, int, int]:
+        """Sizes ``(train, val, test)`` of the splits, given the number of usable examples.
+
+        The default is the fixed ``(num_train, num_val, num_test)``; subclasses may override it
+        (e.g. to split by fractions of ``available``). :meth:`setup` raises a ``ValueError`` when
+        the sizes sum to more than ``available``.
+
+        Args:
+            available: Number of usable examples after validation and length filtering.
+        """
+        return self.num_train, self.num_val, self.num_test
 
     # ------------------------------------------------------------------ helpers for subclasses
     @property
@@ -303,10 +316,17 @@ class ContrastiveDataModule(LightningDataModule):
             examples, lengths = kept, [keep_len] * len(kept)
 
         self._num_available = len(examples)
-        if self.num_requested > len(examples):
+        num_train, num_val, num_test = self.split_sizes(len(examples))
+        total = num_train + num_val + num_test
+        if min(num_train, num_val, num_test) < 0:
             raise ValueError(
-                f"{name}: requested num_train={self.num_train} + num_val={self.num_val} + "
-                f"num_test={self.num_test} = {self.num_requested} examples, but only "
+                f"{name}: split_sizes() returned a negative size "
+                f"({num_train}, {num_val}, {num_test})"
+            )
+        if total > len(examples):
+            raise ValueError(
+                f"{name}: requested num_train={num_train} + num_val={num_val} + "
+                f"num_test={num_test} = {total} examples, but only "
                 f"{len(examples)} are available after filtering"
                 f"{' (fixed_length=True)' if self.fixed_length else ''}. "
                 f"Lower the split sizes so they sum to at most {len(examples)}."
@@ -315,9 +335,9 @@ class ContrastiveDataModule(LightningDataModule):
         order = list(range(len(examples)))
         random.Random(f"split-{self.seed}").shuffle(order)
         bounds = {
-            "train": (0, self.num_train),
-            "val": (self.num_train, self.num_train + self.num_val),
-            "test": (self.num_train + self.num_val, self.num_requested),
+            "train": (0, num_train),
+            "val": (num_train, num_train + num_val),
+            "test": (num_train + num_val, total),
         }
         self._splits = {
             split: [examples[i] for i in order[lo:hi]] for split, (lo, hi) in bounds.items()
@@ -325,8 +345,8 @@ class ContrastiveDataModule(LightningDataModule):
         distinct = set(lengths)  # over every available example, not only the ones used
         self._prompt_length = distinct.pop() if len(distinct) == 1 else None
         rank_zero_info(
-            f"{name}: {len(examples)} examples available; using train={self.num_train}, "
-            f"val={self.num_val}, test={self.num_test}; prompt length "
+            f"{name}: {len(examples)} examples available; using train={num_train}, "
+            f"val={num_val}, test={num_test}; prompt length "
             f"{self._prompt_length if self._prompt_length is not None else 'varies'}"
         )
 

@@ -43,7 +43,7 @@ class EditState:
 
     slot: Tensor  # [batch, seq] long, index into the position axis (0 where off)
     on: Tensor  # [batch, seq] float, 1 where the edit applies
-    beta: Tensor  # [batch]
+    beta: Tensor  # [batch], or [batch, layers of the edit] for one beta per row and layer
 
 
 class PointEdit(nn.Module):
@@ -162,11 +162,20 @@ class PointEdit(nn.Module):
             slot = table[idx]  # pos -1 (padding) maps to the table's last entry, which is -1
             on = slot >= 0
             slot = slot.clamp(min=0)
+        if beta.dim() == 2 and beta.shape[1] != len(self.layers):
+            raise ValueError(
+                f"A [batch, layers] beta needs one column per layer of the edit "
+                f"({len(self.layers)}: {self.layers}), got {beta.shape[1]} columns."
+            )
         return EditState(
             slot=slot,
             on=on.to(beta.dtype),
             beta=beta,
         )
+
+    def beta_at(self, layer: int, state: EditState) -> Tensor:
+        """``[batch]`` beta of each row at ``layer`` (the column of a ``[batch, layers]`` beta)."""
+        return state.beta[:, self._row[layer]] if state.beta.dim() == 2 else state.beta
 
     # ----------------------------------------------------------------------------- parameters
     def param_shape(self, site: str) -> tuple[int, ...]:
@@ -214,9 +223,10 @@ class PointEdit(nn.Module):
         units = self.dims.units(site)
         return h.unflatten(-1, (units, h.shape[-1] // units))  # [batch, seq, units, width/units]
 
-    def _scale(self, site: str, h: Tensor, state: EditState, alpha: Tensor) -> Tensor:
+    def _scale(self, layer: int, site: str, h: Tensor, state: EditState, alpha: Tensor) -> Tensor:
         """``h * (1 + beta * alpha)`` where the edit is on; ``alpha`` is ``[batch, seq, units]``."""
-        scale = 1 + (state.beta[:, None, None] * state.on[..., None]).to(h.dtype) * alpha
+        beta = self.beta_at(layer, state)
+        scale = 1 + (beta[:, None, None] * state.on[..., None]).to(h.dtype) * alpha
         if scale.shape[-1] == 1:
             return h * scale  # [batch, seq, 1] broadcasts over the width
         return (self._split_units(site, h) * scale[..., None]).flatten(-2)
@@ -232,7 +242,7 @@ class ActivScalar(PointEdit):
 
     def apply(self, layer: int, site: str, h: Tensor, state: EditState) -> Tensor:
         alpha = self.params[site][self._row[layer]].to(h.dtype)  # [slots, units]
-        return self._scale(site, h, state, alpha[state.slot])
+        return self._scale(layer, site, h, state, alpha[state.slot])
 
 
 class SteerVec(PointEdit):
@@ -245,7 +255,8 @@ class SteerVec(PointEdit):
 
     def apply(self, layer: int, site: str, h: Tensor, state: EditState) -> Tensor:
         v = self.params[site][self._row[layer]].to(h.dtype)  # [slots, width]
-        return h + (state.beta[:, None] * state.on).to(h.dtype)[..., None] * v[state.slot]
+        beta = self.beta_at(layer, state)
+        return h + (beta[:, None] * state.on).to(h.dtype)[..., None] * v[state.slot]
 
 
 class DynScalar(PointEdit):
@@ -269,7 +280,7 @@ class DynScalar(PointEdit):
         return (hu * g).sum(-1) / (hu.norm(dim=-1) + self.eps)
 
     def apply(self, layer: int, site: str, h: Tensor, state: EditState) -> Tensor:
-        return self._scale(site, h, state, self.scalars(layer, site, h))
+        return self._scale(layer, site, h, state, self.scalars(layer, site, h))
 
 
 EDITS: dict[str, type[PointEdit]] = {cls.kind: cls for cls in (ActivScalar, SteerVec, DynScalar)}

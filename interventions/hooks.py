@@ -14,7 +14,10 @@ last real token of the prompt *and every token generated after it*, so cached ge
 step-by-step loop without the cache (re-running the growing sequence inside the same ``with``
 block) give identical results.  A ``with`` block therefore covers one batch of prompts and their
 continuations: open a new block for a new batch (a call whose tokens do not extend the block's
-first prompt is taken as a new prompt).
+first prompt is taken as a new prompt).  A block may also start with a cached call whose prompt
+prefix ran outside the block (``past_key_values`` given): the first token of that call is then
+taken as the prompt's last token, so a prompt's cache can be computed once and reused for many
+edited continuations.
 
 An edit is any object with the :class:`Edit` protocol: ``points()``, ``prepare(ctx, beta)`` (once
 per forward call) and ``apply(layer, site, h, state)`` (once per point).
@@ -86,14 +89,19 @@ class _Session:
 
     def _beta_for(self, batch: int, like: Tensor) -> Tensor:
         if isinstance(self.beta, Tensor):
-            beta = self.beta.reshape(-1)
-            if beta.numel() == 1:
-                beta = beta.expand(batch)
-            if beta.numel() != batch:
+            if self.beta.dim() == 2:  # [batch, layers of the edit]: one beta per row and layer
+                beta = self.beta
+                if beta.shape[0] == 1:
+                    beta = beta.expand(batch, -1)
+            else:
+                beta = self.beta.reshape(-1)
+                if beta.numel() == 1:
+                    beta = beta.expand(batch)
+            if beta.shape[0] != batch:
                 raise ValueError(
-                    f"beta has {beta.numel()} entries but the batch has {batch} rows; pass a float "
-                    "or one beta per row (generate() with num_return_sequences > 1 or beams repeats "
-                    "rows: repeat beta the same way)."
+                    f"beta has {beta.shape[0]} rows but the batch has {batch}; pass a float, one "
+                    "beta per row, or a [batch, layers] tensor (generate() with "
+                    "num_return_sequences > 1 or beams repeats rows: repeat beta the same way)."
                 )
             return beta.to(device=like.device)
         return torch.full((batch,), float(self.beta), device=like.device)
@@ -138,10 +146,11 @@ class _Session:
             last = pos == self._last_start[:, None]
         else:
             if self._last_start is None or self._last_start.shape[0] != batch:
-                raise ValueError(
-                    "attach: a cached forward call arrived before any prompt in this block; "
-                    "open the `with attach(...)` block before running the prompt."
-                )
+                # The prompt's cache was computed outside this block (e.g. a prefix run once and
+                # reused for many continuations): the first token of this call is the prompt's
+                # last token, and every later one counts as generated.
+                self._last_start = total - seq
+                self._prompt = None
             last = (pos >= self._last_start[:, None]) & (pos >= 0)
         self.ctx = PositionContext(pos=pos, last=last)
         self.state = self.edit.prepare(self.ctx, self._beta_for(batch, ref))
@@ -176,8 +185,10 @@ def attach(model: nn.Module, edit: Edit, beta: float | Tensor = 1.0) -> Iterator
         model: a Hugging Face causal LM whose architecture is in the sites table.
         edit: the edit (see :class:`Edit`); if it has ``check_compatible(model)`` that is called
             first, so an edit made for another architecture or size fails with a clear message.
-        beta: strength and sign of the edit: a float for every row, or a tensor with one value per
-            row of the batch (so beta = +1, -1 and 0 rows can share one forward pass).
+        beta: strength and sign of the edit: a float for every row, a tensor with one value per
+            row of the batch (so beta = +1, -1 and 0 rows can share one forward pass), or a
+            ``[batch, len(edit.layers)]`` tensor with one value per row and layer of the edit (so
+            each row can steer its own layer, as the layer sweep does).
 
     Yields:
         The live session; ``session.ctx`` holds the positions of the latest forward call.

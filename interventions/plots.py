@@ -1,4 +1,5 @@
-"""Figures: learned scalars per site as heatmaps (paper Fig. 3) and logits vs beta.
+"""Figures: learned scalars per site as heatmaps (paper Fig. 3), logits vs beta, and the W2S
+figures (steerability per layer, best-layer histogram, fixed layer vs W2S bars).
 
 Every function returns a matplotlib Figure and, given ``path``, saves it as PNG.  The Agg backend
 is used, so no display is needed.
@@ -84,4 +85,110 @@ def logits_vs_beta(curve: dict[str, list[float]], title: str = "", path=None) ->
     right.set_ylabel("mean logit difference (correct - wrong)")
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def steerability_per_layer(
+    mean: torch.Tensor | dict[str, torch.Tensor],
+    fixed_layer: int | None,
+    title: str = "",
+    path: str | Path | None = None,
+    std: torch.Tensor | dict[str, torch.Tensor] | None = None,
+    label: str = "CAA",
+) -> Figure:
+    """Mean steerability against the steering layer (W2S paper, Supp. Figs. 14-15).
+
+    Args:
+        mean: ``[L]`` mean steerability per layer, or ``name -> [L]`` for several curves (e.g.
+            ``{"CAA": ..., "L2S": ...}``).
+        fixed_layer: the fixed-layer baseline, marked with a dashed vertical line (``None``: no
+            mark).
+        title: figure title.
+        path: where to save the PNG.
+        std: ``[L]`` standard deviation drawn as a +/- band, or ``name -> [L]`` matching ``mean``.
+        label: legend entry when ``mean`` is a single curve.
+    """
+    curves = mean if isinstance(mean, dict) else {label: mean}
+    bands = std if isinstance(std, dict) else ({label: std} if std is not None else {})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in curves.items():
+        y = values.detach().float().cpu()
+        x = range(len(y))
+        (line,) = ax.plot(x, y.numpy(), "o-", ms=3, label=name)
+        band = bands.get(name)
+        if band is not None:
+            s = band.detach().float().cpu()
+            ax.fill_between(x, (y - s).numpy(), (y + s).numpy(), color=line.get_color(), alpha=0.2)
+    if fixed_layer is not None:
+        ax.axvline(fixed_layer, color="black", ls="--", lw=1, label=f"fixed layer {fixed_layer}")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("steering layer")
+    ax.set_ylabel("mean steerability")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def best_layer_histogram(
+    best_layers: torch.Tensor,
+    num_layers: int,
+    fixed_layer: int | None = None,
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """How often each layer is an example's best (or predicted) steering layer (W2S Fig. 1).
+
+    Args:
+        best_layers: ``[N]`` layer index per example.
+        num_layers: number of layers of the backbone (the x axis runs over all of them).
+        fixed_layer: the fixed-layer baseline, marked with a dashed vertical line.
+        title: figure title.
+        path: where to save the PNG.
+    """
+    layers = best_layers.detach().long().reshape(-1).cpu()
+    counts = torch.bincount(layers, minlength=num_layers)[:num_layers]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(range(num_layers), counts.numpy(), color="tab:blue")
+    if fixed_layer is not None:
+        ax.axvline(fixed_layer, color="black", ls="--", lw=1, label=f"fixed layer {fixed_layer}")
+        ax.legend()
+    ax.set_xlabel("layer")
+    ax.set_ylabel("number of examples")
+    ax.set_xlim(-0.5, num_layers - 0.5)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def fixed_vs_w2s(
+    rows: dict[str, dict[str, float]],
+    metric: str = "steerability",
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """Grouped bars: one group per behaviour, one bar per method (W2S paper Figs. 3-4).
+
+    Args:
+        rows: ``behaviour -> {method -> value}``, e.g.
+            ``{"myopic-reward": {"CAA fixed": 0.3, "CAA+W2S": 0.5}}``; a method missing from a
+            behaviour leaves a gap.
+        metric: the y-axis label (``steerability``, ``prop_steerable``, ...).
+        title: figure title.
+        path: where to save the PNG.
+    """
+    behaviours = list(rows)
+    methods = list(dict.fromkeys(m for values in rows.values() for m in values))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(behaviours) * max(1, len(methods)) / 2), 4))
+    for i, method in enumerate(methods):
+        xs = [b + (i - (len(methods) - 1) / 2) * width for b in range(len(behaviours))]
+        ys = [rows[name].get(method, float("nan")) for name in behaviours]
+        ax.bar(xs, ys, width=width, label=method)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(behaviours)), behaviours, rotation=30, ha="right")
+    ax.set_ylabel(metric)
+    ax.legend()
+    if title:
+        ax.set_title(title)
     return _save(fig, path)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.loggers import WandbLogger
@@ -104,19 +106,35 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
     plt.close(heat)
     plt.close(lines)
 
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            import wandb
-
-            logger.log_image(
-                "plots",
-                images=[
-                    str(run / "plots" / "heatmap.png"),
-                    str(run / "plots" / "logits_vs_beta.png"),
-                ],
-            )
-            artifact = wandb.Artifact(f"intervention-{logger.experiment.id}", type="intervention")
-            artifact.add_dir(str(folder))
-            logger.experiment.log_artifact(artifact)
+    publish_to_wandb(
+        trainer.loggers,
+        [run / "plots" / "heatmap.png", run / "plots" / "logits_vs_beta.png"],
+        folder,
+    )
     rank_zero_info(f"exported the intervention to {folder}")
     return metrics
+
+
+def publish_to_wandb(
+    loggers: Sequence[Any],
+    images: Sequence[Path],
+    folder: Path | None = None,
+    artifact_type: str = "intervention",
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Log PNG ``images`` (and scalar ``metrics``) to every WandbLogger, and ``folder`` as an
+    artifact of ``artifact_type``; other loggers are skipped."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        if metrics:
+            logger.log_metrics(metrics)
+        if images:
+            logger.log_image("plots", images=[str(p) for p in images])
+        if folder is not None:
+            name = f"{artifact_type}-{logger.experiment.id}"
+            artifact = wandb.Artifact(name, type=artifact_type)
+            artifact.add_dir(str(folder))
+            logger.experiment.log_artifact(artifact)
