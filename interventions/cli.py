@@ -77,6 +77,18 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> InterventionCL
     )
 
 
+def fit_run(args: list[str], run: str | Path) -> dict:
+    """Train one run in this process (``train.py fit`` with ``args`` and
+    ``--trainer.default_root_dir=run``) and return its ``metrics.json``; the drivers that train
+    many runs (Pareto sweep, W2S table) use it."""
+    import json
+
+    run = Path(run)
+    cli = build_cli([*args, f"--trainer.default_root_dir={run}"], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return json.loads((run / "metrics.json").read_text())
+
+
 def main(args: list[str] | None = None) -> InterventionCLI:
     """Run the CLI (``train.py`` calls this)."""
     return build_cli(args)

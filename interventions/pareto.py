@@ -62,7 +62,7 @@ def train_point(
     extra: list[str],
 ) -> dict:
     """Train one grid point with the CLI (in this process) and return its metrics."""
-    from interventions.cli import build_cli
+    from interventions.cli import fit_run
 
     args = [
         "--config",
@@ -71,13 +71,10 @@ def train_point(
         f"--model.lambda_f={lf}",
         f"--model.lambda_m={lm}",
         f"--model.margin={m}",
-        f"--trainer.default_root_dir={run}",
         *([f"--model.lr={lr}"] if lr is not None else []),
         *extra,
     ]
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, cli.datamodule)
-    return json.loads((run / "metrics.json").read_text())
+    return fit_run(args, run)
 
 
 def collect(out: Path, grid: list[tuple[str, float, float, float]]) -> list[dict]:

@@ -188,7 +188,7 @@ def test_errors(llama):
     with pytest.raises(ValueError, match="not in the sites table.*gpt2.*llama"):
         model_dims(bert_like)
     edit = ActivScalar(dims, sites=["mlp_out"], positions="last")
-    with pytest.raises(ValueError, match="beta has 3 entries but the batch has 2"):
+    with pytest.raises(ValueError, match="beta has 3 rows but the batch has 2"):
         with attach(llama, edit, beta=torch.ones(3)):
             llama(input_ids=torch.ones(2, 4, dtype=torch.long))
     other = tiny_model("gpt2")

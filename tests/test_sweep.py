@@ -136,7 +136,10 @@ def test_answer_activations_and_caa_equal_hand_mean_difference():
         hn = model(input_ids=torch.cat([row, neg[b : b + 1]])[None], output_hidden_states=True)
         hand.append(
             torch.stack(
-                [hp.hidden_states[ly + 1][0, -1] - hn.hidden_states[ly + 1][0, -1] for ly in range(3)]
+                [
+                    hp.hidden_states[ly + 1][0, -1] - hn.hidden_states[ly + 1][0, -1]
+                    for ly in range(3)
+                ]
             )
         )
         hand_ctx.append(torch.stack([hp.hidden_states[ly + 1][0, -2] for ly in (0, 2)]))

@@ -1,0 +1,166 @@
+"""The W2S data pipeline and the MWE configs end to end, on a tiny backbone with the real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import interventions.sweep as sweep_mod
+from interventions.export import load_intervention
+from interventions.w2s import W2SDataModule, frequency_smoothed_labels, load_predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dm(backbone: str, cache: Path, **kwargs) -> W2SDataModule:
+    args = dict(
+        behavior="myopic-reward",
+        backbone=backbone,
+        max_examples=30,
+        ood_variants=("sys_pos", "user_neg"),
+        sweep_cache_dir=str(cache),
+        l2s_steps=50,
+    )
+    args.update(kwargs)
+    return W2SDataModule(**args)
+
+
+@pytest.fixture(scope="module")
+def caa_dm(tiny_backbone_dir, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("sweeps")
+    dm = _dm(tiny_backbone_dir, cache, top_k=2)
+    dm.setup()
+    return dm, cache
+
+
+def test_w2s_data_module_builds_consistent_labels_and_splits(caa_dm):
+    dm, _ = caa_dm
+    train = dm.split_data("train")
+    steer = train["steerability"]  # [12, 3]
+    assert steer.shape == (12, 3) and not steer.isnan().any()
+    assert dm.fixed_layer == int(steer.mean(0).argmax())
+    labels = frequency_smoothed_labels(steer, 2)
+    assert dm.label_layers == sorted(set(labels.tolist()))
+    decoded = torch.tensor(dm.label_layers)[train["label"]]
+    assert torch.equal(decoded, labels)
+    assert dm.test_names == ["base", "sys_pos", "user_neg"]
+    for name in dm.test_names:
+        d = dm.split_data(f"test/{name}")
+        assert d["embedding"].shape == (15, 384)
+        torch.testing.assert_close(d["embedding"].norm(dim=1), torch.ones(15))
+        swept = ~d["steerability"][0].isnan()
+        # OOD sets are swept at least at the fixed layer and every label layer
+        assert swept[dm.fixed_layer] and swept[dm.label_layers].all()
+    # variants change the prompt, so their embeddings differ from base for the same items
+    assert not torch.allclose(
+        dm.split_data("test/base")["embedding"], dm.split_data("test/sys_pos")["embedding"]
+    )
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"embedding", "label", "steerability"}
+    assert len(dm.test_dataloader()) == 3
+
+
+def test_w2s_data_module_reuses_the_sweep_cache(caa_dm, tiny_backbone_dir, monkeypatch):
+    dm, cache = caa_dm
+    calls = []
+    real = sweep_mod.sweep_example
+    monkeypatch.setattr(
+        sweep_mod, "sweep_example", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    again = _dm(tiny_backbone_dir, cache, top_k=1)  # another K: same sweeps
+    again.setup()
+    assert calls == []
+    assert torch.equal(
+        again.split_data("train")["steerability"], dm.split_data("train")["steerability"]
+    )
+    other = _dm(tiny_backbone_dir, cache, multipliers=(-1.0, 0.0, 1.0), ood_variants=())
+    other.setup()  # other multipliers: recomputed, never reused
+    assert len(calls) == 30
+
+
+def test_l2s_pipeline(tiny_backbone_dir, tmp_path):
+    dm = _dm(tiny_backbone_dir, tmp_path, steering="l2s", l2s_context_layers=[0, 1])
+    dm.setup()
+    assert dm.summary["l2s_context_layer"] in (0, 1)
+    assert set(dm.summary["l2s_context_mse"]) == {0, 1}
+    assert dm.split_data("test/base")["steerability"].shape == (15, 3)
+
+
+def test_bad_input(tiny_backbone_dir, tmp_path):
+    with pytest.raises(ValueError, match="steering must be"):
+        W2SDataModule(steering="pca")
+    with pytest.raises(ValueError, match="Unknown OOD variant 'sys_up'"):
+        W2SDataModule(ood_variants=("sys_up",))
+    with pytest.raises(ValueError, match="top_k"):
+        W2SDataModule(top_k=0)
+    with pytest.raises(ValueError, match="myopic-reward"):  # the message lists what exists
+        _dm(tiny_backbone_dir, tmp_path, behavior="no-such-behaviour").setup()
+
+
+def _cli(config: str, backbone: str, run: Path, *extra: str):
+    from interventions.cli import build_cli
+
+    cli = build_cli(
+        [
+            "--config", str(ROOT / config),
+            f"--model.backbone={backbone}",
+            f"--trainer.default_root_dir={run}",
+            "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            "--data.max_examples=30", "--data.behavior=corrigible-neutral-HHH",
+            *extra,
+        ],
+        run=False,
+    )  # fmt: skip
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli
+
+
+def test_caa_sweep_config(tiny_backbone_dir, tmp_path):
+    cli = _cli(
+        "configs/mwe/caa_sweep.yaml",
+        tiny_backbone_dir,
+        tmp_path,
+        f"--model.sweep_cache_dir={tmp_path / 'cache'}",
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_train"] == 12 and metrics["num_test"] == 15
+    per_layer = metrics["train/steerability_per_layer"]
+    assert metrics["fixed_layer"] == max(range(3), key=per_layer.__getitem__)
+    edit = load_intervention(tmp_path / "intervention")
+    torch.testing.assert_close(edit.params["resid_post"][:, 0], cli.model.vectors)
+    assert (tmp_path / "plots" / "steerability_per_layer.png").is_file()
+    assert (tmp_path / "plots" / "best_layers.png").is_file()
+
+
+@pytest.mark.parametrize("steering", ["caa", "l2s"])
+def test_w2s_configs_run_end_to_end(steering, tiny_backbone_dir, tmp_path):
+    cli = _cli(
+        f"configs/mwe/w2s_{steering}.yaml",
+        tiny_backbone_dir,
+        tmp_path,
+        "--trainer.max_epochs=3",
+        f"--data.sweep_cache_dir={tmp_path / 'cache'}",
+        "--data.l2s_steps=50",
+    )
+    dm = cli.datamodule
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"base", "sys_pos", "sys_neg", "user_pos", "user_neg", "val"}
+    base = metrics["results"]["base"]
+    test = dm.split_data("test/base")
+    assert base["fixed"]["steerability"] == pytest.approx(
+        float(test["steerability"][:, dm.fixed_layer].mean()), abs=1e-6
+    )
+    # the oracle is the per-example best layer: an upper bound of both
+    assert base["oracle"]["steerability"] >= base["w2s"]["steerability"] - 1e-6
+    assert base["oracle"]["steerability"] >= base["fixed"]["steerability"] - 1e-6
+    loaded = load_predictor(tmp_path / "w2s_predictor")
+    assert torch.equal(
+        loaded.predict_layer(test["embedding"]), cli.model.predict_layer(test["embedding"]).cpu()
+    )
+    assert loaded.encoder_config["encoder"] == "minilm"
+    for plot in ("steerability_per_layer", "best_layers", "fixed_vs_w2s"):
+        assert (tmp_path / "plots" / f"{plot}.png").is_file()
+    assert (tmp_path / "intervention").is_dir() == (steering == "caa")
