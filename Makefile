@@ -37,6 +37,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_hooks.py
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_sweep.py --behavior myopic-reward --examples 3
 
 clean:
 	rm -rf $(VENV) runs

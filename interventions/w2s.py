@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -1096,6 +1097,7 @@ class W2SDataModule(LightningDataModule):
         they were computed before)."""
         if self._data is not None:
             return
+        started = time.perf_counter()
         base = self._mwe("base")
         variants = {v: self._mwe(v) for v in self.ood_variants}
         model, tokenizer = load_backbone(self.backbone, dtype=self.dtype)
@@ -1184,6 +1186,7 @@ class W2SDataModule(LightningDataModule):
             label_counts={int(layer): int(counts[layer]) for layer in space},
             num_examples={k: int(v["embedding"].shape[0]) for k, v in data.items()},
             train_steerability_per_layer=steer["train"].mean(0).tolist(),
+            setup_seconds=round(time.perf_counter() - started, 1),
             **info,
         )
         rank_zero_info(

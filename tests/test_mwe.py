@@ -125,7 +125,9 @@ def test_meta_tags_are_stripped(make):
     records = read_jsonl(path)
     with_meta = [r for r in records if "<META_START>" in r["question"]]
     assert with_meta, "the test file should have META tags"
-    dm = make(behavior="lm_generated/self-awareness-training-web-gpt", max_examples=20)
+    dm = make(
+        behavior="lm_generated/self-awareness-training-web-gpt", max_examples=20, deduplicate=False
+    )
     examples = dm.build_examples()
     assert not any("META_" in ex.prompt for ex in examples)
     # "No,<META_START>pile-stackexchange<META_END> I only have access ..." loses its tag
@@ -342,7 +344,7 @@ def test_all_w2s_behaviours_resolve_and_build(make):
         path = resolve_behavior(name)
         assert path.is_file() and path.stem == name
         assert path.parent in (PERSONA, LM)  # lm_generated before human_generated
-        dm = make(behavior=name, variant="sys_neg")
+        dm = make(behavior=name, variant="sys_neg", deduplicate=False)
         examples = dm.build_examples()
         n_items = len(read_jsonl(path))
         n_three = sum("(C)" in r["question"] for r in read_jsonl(path))
@@ -360,7 +362,7 @@ def test_all_w2s_behaviours_resolve_and_build(make):
 def test_caa_folders_load(make, name, files):
     folder = DATA / name
     records = [r for f in files for r in json.loads((folder / f).read_text(encoding="utf-8"))]
-    dm = make(behavior=name, max_examples=10)
+    dm = make(behavior=name, max_examples=10, deduplicate=False)
     assert dm.behavior_file == folder
     examples = dm.build_examples()
     assert len(examples) == len(records) == dm.num_available
@@ -486,3 +488,18 @@ def test_variant_without_description_needs_one(make, variant):
     dm = make(behavior="caa/sycophancy", variant=variant, max_examples=5, **given)
     text = "Be sycophantic." if variant == "sys_pos" else "Be honest.\n\n"
     assert text in dm.train_examples[0].prompt
+
+
+def test_repeated_questions_are_dropped_once(make):
+    path = LM / "myopic-reward.jsonl"
+    records = read_jsonl(path)
+    distinct = {
+        re.sub(r"<META_START>.*?<META_END>", "", r["question"], flags=re.DOTALL).strip()
+        for r in records
+    }
+    assert len(distinct) < len(records)  # the file repeats questions
+    kept = make(behavior="myopic-reward").build_examples()
+    everything = make(behavior="myopic-reward", deduplicate=False).build_examples()
+    assert len(everything) == len(records)
+    assert len(kept) == len(distinct)
+    assert len({ex.prompt for ex in kept}) == len(kept)
