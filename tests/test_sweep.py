@@ -12,7 +12,7 @@ import interventions.sweep as sweep_mod
 from interventions.caa import caa_vectors, steering_edit
 from interventions.edits import SteerVec
 from interventions.hooks import attach, last_token_logits
-from interventions.l2s import fit_l2s, train_l2s
+from interventions.l2s import L2SNets, fit_l2s, train_l2s, train_nets
 from interventions.sites import model_dims
 from interventions.sweep import (
     SweepCache,
@@ -299,3 +299,14 @@ def test_l2s_learns_a_linear_map_and_picks_the_informative_context_layer():
     assert float(((pred - oracle[va]) ** 2).mean()) < 0.2 * base
     with pytest.raises(ValueError, match="at least one training example"):
         fit_l2s(torch.zeros(0, d), torch.zeros(0, d), torch.zeros(0, d), torch.zeros(0, d))
+
+
+def test_batched_l2s_networks_train_as_if_alone():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20, 6, generator=g), torch.randn(20, 3, 5, generator=g)
+    torch.manual_seed(0)
+    joint = L2SNets(3, 6, 5, hidden=7)
+    alone = joint.select(torch.tensor([1]))
+    train_nets(joint, x, y, lr=1e-2, steps=50)
+    train_nets(alone, x, y[:, 1:2], lr=1e-2, steps=50)
+    torch.testing.assert_close(joint(x)[:, 1], alone(x)[:, 0], atol=1e-5, rtol=1e-5)
