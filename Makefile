@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_hooks.py
 	$(PY) bench/bench_eval.py
 	$(PY) bench/bench_sweep.py --behavior myopic-reward --examples 3
+	$(PY) bench/bench_mc_eval.py --task copa --items 64
 
 clean:
 	rm -rf $(VENV) runs

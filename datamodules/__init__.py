@@ -1,7 +1,9 @@
-"""LightningDataModules of contrastive tasks: a prompt, a correct and a wrong one-token answer."""
+"""LightningDataModules: contrastive one-token-answer tasks (IOI, CCC, MWE behaviours) and
+multiple-choice commonsense tasks (BoolQ, COPA, WinoGrande)."""
 
 from datamodules.base import ContrastiveCollator, ContrastiveDataModule, ContrastiveExample
 from datamodules.ccc import CCCDataModule
+from datamodules.commonsense import ChoiceItem, CommonsenseDataModule
 from datamodules.ioi import IOIDataModule
 from datamodules.mwe import (
     BASE_SYSTEM_MESSAGE,
@@ -19,6 +21,8 @@ __all__ = [
     "VARIANTS",
     "W2S_BEHAVIORS",
     "CCCDataModule",
+    "ChoiceItem",
+    "CommonsenseDataModule",
     "ContrastiveCollator",
     "ContrastiveDataModule",
     "ContrastiveExample",

@@ -1,6 +1,6 @@
-"""Parameter modules that edit activations: ActivScalar, SteerVec and DynScalar.
+"""Parameter modules that edit activations: ActivScalar, SteerVec, DynScalar, AUScale, AUShift.
 
-All three share one shape of intervention point, ``layers x sites x positions``, and take ``beta``
+All share one shape of intervention point, ``layers x sites x positions``, and take ``beta``
 (strength and sign) at run time, one value per batch row:
 
 * :class:`ActivScalar` — ``h * (1 + beta * alpha)``, one scalar ``alpha`` per layer x site x
@@ -9,17 +9,25 @@ All three share one shape of intervention point, ``layers x sites x positions``,
 * :class:`DynScalar` — ``h * (1 + beta * alpha(h))`` with ``alpha(h) = g^T h / ||h||`` (per head
   for ``attn_z``), one probe ``g`` per layer x site, shared over positions, so it works on prompts
   of any length.
+* :class:`AUScale` — AUSteer's atomic-unit scaling: ``h_i * (1 + beta * gamma_i)`` on the few
+  dimensions ``i`` with ``gamma_i != 0`` (one ``gamma`` vector per layer x site), every other
+  dimension untouched.
+* :class:`AUShift` — the fixed-vector ablation of AUSteer: ``h_i + beta * v_i`` on the dimensions
+  with ``v_i != 0``.
 
 Positions (``positions``):
 
 * ``"all"`` — ActivScalar / SteerVec tie one parameter to each of the ``num_positions`` prompt
-  positions (prompts of one token length); DynScalar edits every real token, generated ones too.
+  positions (prompts of one token length); DynScalar, AUScale and AUShift edit every
+  real token, generated ones too.
 * ``"last"`` — the last real token of the prompt (and, under generation, every new token).
 * a list of ints — these prompt positions; negative ones count from the end of a prompt of
-  ``num_positions`` tokens.
+  ``num_positions`` tokens (not for AUScale / AUShift).
 
-Parameters start as ``N(0, init_std)`` noise (the paper uses tiny noise).  New edit types register
-in :data:`EDITS` and are then available to the trainer, export and the CLI.
+Parameters start as ``N(0, init_std)`` noise (the paper uses tiny noise); AUScale and AUShift
+default to ``init_std=0`` (nothing steered) and are filled by :mod:`interventions.austeer`.
+New edit types register in :data:`EDITS` and are then available to the trainer, export and the
+CLI.
 """
 
 from __future__ import annotations
@@ -283,7 +291,129 @@ class DynScalar(PointEdit):
         return self._scale(layer, site, h, state, self.scalars(layer, site, h))
 
 
-EDITS: dict[str, type[PointEdit]] = {cls.kind: cls for cls in (ActivScalar, SteerVec, DynScalar)}
+@dataclass
+class AUEditState(EditState):
+    """:class:`EditState` plus the steered dimensions of every point of an atomic-unit edit."""
+
+    index: dict[tuple[int, str], Tensor]  # (layer, site) -> [n] long, the dims with nonzero value
+
+
+class _AtomicUnitEdit(PointEdit):
+    """Base of the atomic-unit (AU) edits: one value per dimension, zero = not steered.
+
+    The parameter of a site is ``[len(layers), 1, width(site)]``.  Only the dimensions with a
+    nonzero value are read and rewritten; every other dimension of the activation is returned
+    bit-identical.  The nonzero dimensions are found once per forward call in :meth:`prepare`
+    (cheap, and always in step with the current parameter values).
+
+    Args:
+        dims: sizes of the model the edit is for (:func:`interventions.sites.model_dims`).
+        sites: site names, e.g. ``["mlp_act"]`` (AUSteer's FFN units) or ``["attn_z"]``.
+        layers: layer indices; ``None`` means every layer.
+        positions: ``"all"`` (every real token of every call, generated tokens too) or
+            ``"last"`` (the prompt's last real token and every token generated after it).
+        num_positions: unused (accepted so that every edit takes the same arguments).
+        init_std: standard deviation of the initial values; the default 0 steers nothing.
+    """
+
+    position_tied = False
+
+    def __init__(
+        self,
+        dims: ModelDims,
+        sites: Sequence[str],
+        layers: Sequence[int] | None = None,
+        positions: Literal["all", "last"] = "all",
+        num_positions: int | None = None,
+        init_std: float = 0.0,
+    ) -> None:
+        if positions not in ("all", "last"):
+            raise ValueError(
+                f"{type(self).__name__} steers 'all' real tokens or the 'last' one (and the "
+                f"generated tokens after it), got positions={positions!r}."
+            )
+        super().__init__(dims, sites, layers, positions, num_positions, init_std)
+
+    def param_shape(self, site: str) -> tuple[int, ...]:
+        return (len(self.layers), 1, self.dims.width(site))
+
+    def prepare(self, ctx: PositionContext, beta: Tensor) -> AUEditState:
+        """Positions as in :meth:`PointEdit.prepare`, plus the nonzero dims of every point."""
+        base = super().prepare(ctx, beta)
+        index: dict[tuple[int, str], Tensor] = {}
+        for site in self.sites:
+            values = self.params[site].detach()[:, 0]  # [layers, width]
+            nonzero = values.nonzero()  # [n, 2] (row, dim), sorted by row then dim
+            counts = (values != 0).sum(1).tolist()  # [layers]
+            for layer, steered in zip(self.layers, nonzero[:, 1].split(counts), strict=True):
+                index[(layer, site)] = steered
+        return AUEditState(slot=base.slot, on=base.on, beta=base.beta, index=index)
+
+    def _combine(self, selected: Tensor, coef: Tensor, values: Tensor) -> Tensor:
+        """The new values of the steered dims.
+
+        ``selected [batch, seq, n]`` their current values, ``coef [batch, seq, 1]`` beta where the
+        edit is on (0 elsewhere), ``values [n]`` the edit's values for these dims.
+        """
+        raise NotImplementedError
+
+    def apply(self, layer: int, site: str, h: Tensor, state: AUEditState) -> Tensor:
+        idx = state.index[(layer, site)]  # [n]
+        if idx.numel() == 0:
+            return h
+        values = self.params[site][self._row[layer], 0].index_select(0, idx).to(h.dtype)  # [n]
+        beta = self.beta_at(layer, state)  # [batch]
+        coef = (beta[:, None] * state.on).to(h.dtype)[..., None]  # [batch, seq, 1]
+        selected = h.index_select(-1, idx)  # [batch, seq, n]
+        # out of place: a copy of h with only the steered dims replaced
+        return h.index_copy(-1, idx, self._combine(selected, coef, values))
+
+    def selected(self) -> list[tuple[int, str, int, float]]:
+        """``(layer, site, dim, value)`` of every steered dimension, by layer, site, dim."""
+        out = []
+        for row, layer in enumerate(self.layers):
+            for site in self.sites:
+                values = self.params[site].detach()[row, 0]  # [width]
+                for dim in values.nonzero()[:, 0].tolist():
+                    out.append((layer, site, dim, float(values[dim])))
+        return out
+
+    def num_steered(self) -> int:
+        """Number of steered dimensions (nonzero values) over all layers and sites."""
+        return int(sum((p.detach() != 0).sum() for p in self.params.values()))
+
+
+class AUScale(_AtomicUnitEdit):
+    """AUSteer's adaptive atomic-unit steering: ``h_i * (1 + beta * gamma_i)`` where gamma != 0.
+
+    ``gamma`` is one vector per layer x site (``[len(layers), 1, width]``); build it from
+    contrastive pairs with :mod:`interventions.austeer`.  The update scales the current
+    activation (``x_i + gamma_i x_i`` in the paper), so it adapts to each input.
+    """
+
+    kind = "auscale"
+
+    def _combine(self, selected: Tensor, coef: Tensor, values: Tensor) -> Tensor:
+        return selected * (1 + coef * values)
+
+
+class AUShift(_AtomicUnitEdit):
+    """The fixed-vector ablation of AUSteer: ``h_i + beta * v_i`` where ``v_i != 0``.
+
+    ``v`` is one vector per layer x site (``[len(layers), 1, width]``), e.g. the mean activation
+    difference of the contrastive pairs on the selected dims
+    (:func:`interventions.austeer.fixed_vector`).
+    """
+
+    kind = "aushift"
+
+    def _combine(self, selected: Tensor, coef: Tensor, values: Tensor) -> Tensor:
+        return selected + coef * values
+
+
+EDITS: dict[str, type[PointEdit]] = {
+    cls.kind: cls for cls in (ActivScalar, SteerVec, DynScalar, AUScale, AUShift)
+}
 """Edit types by name; register new ones here to use them from the trainer and configs."""
 
 

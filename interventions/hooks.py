@@ -275,7 +275,9 @@ def record(
     """Record the activations at ``points`` (``(layer, site)`` pairs) of the forward calls inside.
 
     Yields a dict filled on each forward call: ``(layer, site) -> [batch, seq, width]`` (the latest
-    call's values).  Activations are read after any edit attached earlier has been applied.
+    call's values).  Hooks are prepended, so the last block opened runs first at each point: a
+    ``record`` block opened *outside* (before) an ``attach`` block sees the edited activations,
+    one opened *inside* it sees them before that edit.
     """
     recorder = _Recorder(points, detach)
     with attach(model, recorder):

@@ -192,3 +192,56 @@ def fixed_vs_w2s(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def unit_scores(
+    scores: torch.Tensor, title: str = "", path: str | Path | None = None, site: str = ""
+) -> Figure:
+    """Discriminative score of every atomic unit: a heatmap of layers x units (AUSteer Fig. 11).
+
+    Args:
+        scores: ``[L, W]`` score per layer and unit (dimension of ``site``).
+        title: figure title.
+        path: where to save the PNG.
+        site: site name for the axis label.
+    """
+    values = scores.detach().float().cpu()
+    fig, ax = plt.subplots(figsize=(10, 0.25 * values.shape[0] + 1.5))
+    im = ax.imshow(values.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel(f"unit ({site} dimension)" if site else "unit")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="discriminative score s")
+    return _save(fig, path)
+
+
+def accuracy_grid(
+    accuracy: torch.Tensor,
+    ks: Sequence[int],
+    alphas: Sequence[float],
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """Validation accuracy over the (alpha, k) search grid (AUSteer Fig. 10).
+
+    Args:
+        accuracy: ``[len(ks), len(alphas)]`` (NaN where a setting was skipped).
+        ks: the k values (rows).
+        alphas: the alpha values (columns).
+    """
+    values = accuracy.detach().float().cpu()
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(alphas), 1 + 0.45 * len(ks)))
+    im = ax.imshow(values.numpy(), aspect="auto", cmap="magma", origin="lower")
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_yticks(range(len(ks)), [str(k) for k in ks])
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("k (steered units)")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if not torch.isnan(values[i, j]):
+                ax.text(
+                    j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white"
+                )
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="validation accuracy")
+    return _save(fig, path)

@@ -1,0 +1,97 @@
+"""The AUSteer LightningModule and its configs end to end on a tiny backbone with the real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from interventions.export import load_intervention
+from interventions.multiple_choice import evaluate_accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "commonsense").glob("*.yaml")
+)
+
+
+def _fit(config: str, backbone: str, run: Path, *extra: str):
+    from interventions.cli import build_cli
+
+    cli = build_cli(
+        [
+            "--config", str(ROOT / config),
+            f"--model.backbone={backbone}",
+            f"--trainer.default_root_dir={run}",
+            "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            "--data.pool_size=8", "--data.num_val=4", "--data.max_test=4", "--data.batch_size=4",
+            "--model.k_grid=[1,3]", "--model.alpha_grid=[1.0,10.0]",
+            "--model.caa_layers=[0,2]", "--model.caa_multipliers=[1.0,4.0]",
+            *extra,
+        ],
+        run=False,
+    )  # fmt: skip
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_commonsense_config_runs(config, tiny_backbone_dir, tmp_path):
+    cli = _fit(config, tiny_backbone_dir, tmp_path)
+    module, dm = cli.model, cli.datamodule
+    assert module.stats.n == 8  # one pass over the pool
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    grid = 4  # 2 x 2 settings
+    assert len(metrics["search"]) == grid
+    best = max(row["accuracy"] for row in metrics["search"])
+    assert metrics["val/accuracy"] == best
+    # the exported edit reloads and gives the same test accuracy
+    edit = load_intervention(tmp_path / "intervention")
+    beta = json.loads((tmp_path / "intervention" / "intervention.json").read_text())["extra"][
+        "beta"
+    ]
+    again = evaluate_accuracy(module.model, dm.test_dataloader(), "mean", edit, beta)
+    assert again == pytest.approx(metrics["test/accuracy"])
+    assert (tmp_path / "plots" / "unit_scores.png").is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("method", ["random", "actdiff", "fixed_vector", "fixed_strength"])
+def test_ablations_build_their_edits(method, tiny_backbone_dir, tmp_path):
+    cli = _fit(
+        "configs/commonsense/austeer_ffn_copa.yaml",
+        tiny_backbone_dir,
+        tmp_path,
+        f"--model.method={method}",
+        "--model.k=3",
+        "--model.alpha=5.0",
+    )
+    module = cli.model
+    kind = "aushift" if method == "fixed_vector" else "auscale"
+    assert module.edit.kind == kind and module.edit.num_steered() <= 3
+    values = module.edit.params["mlp_act"][:, 0]
+    if method == "fixed_strength":
+        nonzero = values[values != 0].abs()
+        assert torch.allclose(nonzero, nonzero[0].expand_as(nonzero))
+    if method in ("austeer", "actdiff", "fixed_strength", "fixed_vector"):
+        assert module.edit.num_steered() >= 1
+
+
+def test_checkpoint_restores_the_chosen_edit(tiny_backbone_dir, tmp_path):
+    from interventions.austeer import AUSteerModule
+
+    cli = _fit("configs/commonsense/austeer_head_boolq.yaml", tiny_backbone_dir, tmp_path)
+    loaded = AUSteerModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert loaded.choice == cli.model.choice
+    assert torch.equal(loaded.edit.params["attn_z"], cli.model.edit.params["attn_z"])
+
+
+def test_bad_input(tiny_backbone_dir):
+    from interventions.austeer import AUSteerModule
+
+    with pytest.raises(ValueError, match="larger than the number of atomic units"):
+        AUSteerModule(backbone=tiny_backbone_dir, site="mlp_act", k=10_000)
+    with pytest.raises(ValueError, match="method must be one of"):
+        AUSteerModule(backbone=tiny_backbone_dir, method="magic")
