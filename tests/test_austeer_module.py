@@ -95,3 +95,23 @@ def test_bad_input(tiny_backbone_dir):
         AUSteerModule(backbone=tiny_backbone_dir, site="mlp_act", k=10_000)
     with pytest.raises(ValueError, match="method must be one of"):
         AUSteerModule(backbone=tiny_backbone_dir, method="magic")
+
+
+def test_results_table_driver(tiny_backbone_dir, tmp_path):
+    from interventions.austeer_table import ROWS, main
+
+    table = main(
+        [
+            "--tasks", "copa", "--out", str(tmp_path), "--",
+            f"--model.backbone={tiny_backbone_dir}", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--data.pool_size=6", "--data.num_val=4",
+            "--data.max_test=4", "--model.k_grid=[1]", "--model.alpha_grid=[2.0]",
+            "--model.caa_layers=[1]", "--model.caa_multipliers=[1.0]",
+        ]
+    )  # fmt: skip
+    assert set(table) == {"vanilla", *(name for name, _, _ in ROWS)}
+    assert table["AUSteer-FFN"]["copa"]["steered"] <= 1
+    assert table["CAA"]["copa"]["steered"] == 32  # one resid_post vector of the tiny model
+    assert "| AUSteer-Head |" in (tmp_path / "table.md").read_text()
+    # a second call trains nothing (every metrics.json exists) and gives the same table
+    assert main(["--tasks", "copa", "--out", str(tmp_path)]) == table
