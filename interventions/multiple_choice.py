@@ -86,15 +86,33 @@ def choice_logprobs(
     if not bool((num_tokens > 0).all()):
         raise ValueError("choice_logprobs: every row needs at least one continuation token")
 
+    # Choices of one item usually share their prompt: run each distinct prompt once and copy its
+    # key/value cache to the rows of its choices (not with per-row betas, which could differ).
+    share = not (isinstance(beta, Tensor) and beta.numel() > 1)
+    if share:
+        rows = torch.cat([prompt_ids, prompt_mask], dim=1)
+        distinct, copy_of = torch.unique(rows, dim=0, return_inverse=True)  # [U, 2Tp], [R]
+        share = distinct.shape[0] < rows.shape[0]  # nothing to share: keep the rows' order
+    if share:
+        run_ids, run_mask = distinct[:, : prompt_ids.shape[1]], distinct[:, prompt_ids.shape[1] :]
+    else:
+        run_ids, run_mask = prompt_ids, prompt_mask
     context = attach(model, edit, beta) if edit is not None else nullcontext()
     with context:
         prompt_out = model(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            position_ids=position_ids(prompt_mask),
+            input_ids=run_ids,
+            attention_mask=run_mask,
+            position_ids=position_ids(run_mask),
             use_cache=True,
             logits_to_keep=1,
         )
+        prompt_logits = prompt_out.logits[:, -1]  # [U or R, vocab]
+        if share:
+            # [U] -> [R] rows; the continuation call below then has another batch size than the
+            # prompt call, which attach() takes as "the prompt ran before": its first token is
+            # after the prompt's last one, so "last" positions are the same as without sharing.
+            prompt_out.past_key_values.reorder_cache(copy_of)
+            prompt_logits = prompt_logits[copy_of]
         prompt_len = prompt_mask.sum(1)  # [R]
         # answer tokens continue each row's real positions; pad columns get a harmless repeat
         cont_positions = prompt_len[:, None] + (cont_mask.cumsum(1) - 1).clamp(min=0)  # [R, Tc]
@@ -106,7 +124,7 @@ def choice_logprobs(
             use_cache=True,
         )
 
-    first_logp = F.log_softmax(prompt_out.logits[:, -1].float(), dim=-1)  # [R, vocab]
+    first_logp = F.log_softmax(prompt_logits.float(), dim=-1)  # [R, vocab]
     from_prompt = first_logp.gather(1, cont_ids)  # [R, Tc]: token t given the prompt alone
     next_logp = F.log_softmax(cont_out.logits[:, :-1].float(), dim=-1)  # [R, Tc - 1, vocab]
     from_previous = next_logp.gather(2, cont_ids[:, 1:, None]).squeeze(2)  # [R, Tc - 1]

@@ -474,3 +474,15 @@ def test_download_offline_is_a_clear_error(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(commonsense.urllib.request, "urlopen", offline)
     with pytest.raises(ConnectionError, match="could not download winogrande"):
         download_task_file("winogrande", tmp_path)
+
+
+def test_batches_without_shared_prompts_score_as_one_at_a_time(model, tok, items):
+    """Every row has its own prompt (WinoGrande): no cache sharing, rows keep their order."""
+    chosen = [items["winogrande"][i] for i in (0, 2, 5)]
+    edit = steer_edit(model)
+    ref = reference_scores(model, tok, chosen, edit)
+    batch = ChoiceCollator(tok)(chosen)
+    with torch.no_grad():
+        scores = choice_scores(model, batch, normalize="sum", edit=edit)
+    expected = torch.tensor([[total for total, _ in per] for per in ref])
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
