@@ -53,6 +53,7 @@ def aggregate(results: dict[tuple[str, str, int], dict], behaviors: list[str], s
         for steering in steerings:
             name = steering.upper()
             fixed: dict[str, tuple[float, float]] = {}
+            rows[f"{name} fixed layer"] = fixed  # filled below; first row of its method
             for k in ks:
                 w2s: dict[str, tuple[float, float]] = {}
                 for b in behaviors:
@@ -63,7 +64,6 @@ def aggregate(results: dict[tuple[str, str, int], dict], behaviors: list[str], s
                     w2s[b] = (res["w2s"]["steerability"], res["w2s"]["prop_steerable"])
                     fixed[b] = (res["fixed"]["steerability"], res["fixed"]["prop_steerable"])
                 rows[f"{name} + W2S (Top-{k})"] = w2s
-            rows = {f"{name} fixed layer": fixed, **rows}
         for row in rows.values():
             if row:
                 row["mean"] = (
