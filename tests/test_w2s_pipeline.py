@@ -164,3 +164,29 @@ def test_w2s_configs_run_end_to_end(steering, tiny_backbone_dir, tmp_path):
     for plot in ("steerability_per_layer", "best_layers", "fixed_vs_w2s"):
         assert (tmp_path / "plots" / f"{plot}.png").is_file()
     assert (tmp_path / "intervention").is_dir() == (steering == "caa")
+
+
+def test_results_table_aggregation():
+    from interventions.w2s_table import VARIANTS, aggregate, markdown
+
+    def res(fixed, w2s):
+        one = {
+            "fixed": {"steerability": fixed, "prop_steerable": 0.5},
+            "w2s": {"steerability": w2s, "prop_steerable": 1.0},
+        }
+        return {"results": {name: one for name in ("base", *VARIANTS)}}
+
+    results = {
+        ("a", "caa", 1): res(0.1, 0.3),
+        ("a", "caa", 3): res(0.1, 0.5),
+        ("b", "caa", 1): res(0.3, 0.2),
+        ("b", "caa", 3): res(0.3, 0.4),
+    }
+    tables = aggregate(results, ["a", "b"], ["caa"], [1, 3])
+    base = tables["base"]
+    assert list(base) == ["CAA fixed layer", "CAA + W2S (Top-1)", "CAA + W2S (Top-3)"]
+    assert base["CAA fixed layer"]["mean"] == pytest.approx((0.2, 0.5))
+    assert base["CAA + W2S (Top-1)"]["mean"] == pytest.approx((0.25, 1.0))
+    assert base["CAA + W2S (Top-3)"]["b"] == (0.4, 1.0)
+    text = markdown(tables, ["a", "b"])
+    assert "| **mean** | 0.200 / 0.50 | 0.250 / 1.00 | 0.450 / 1.00 |" in text
