@@ -35,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from interventions.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.backbone import DEFAULT_BACKBONE, FrozenBackbone, load_backbone
 from interventions.edits import EDITS, EditState, PointEdit
 from interventions.hooks import PositionContext, attach, last_token_index, position_ids
 from interventions.multiple_choice import MultipleChoiceAccuracy, evaluate_accuracy, predict_choices
@@ -532,7 +532,7 @@ def build_edit(
 Method = Literal["austeer", "random", "actdiff", "fixed_vector", "fixed_strength", "caa"]
 
 
-class AUSteerModule(LightningModule):
+class AUSteerModule(FrozenBackbone, LightningModule):
     """AUSteer and its baselines/ablations as a LightningModule over a commonsense data module.
 
     ``fit`` reads the AU activations of every contrastive pair at its last token and accumulates
@@ -595,7 +595,7 @@ class AUSteerModule(LightningModule):
         check_site(site)
         self.save_hyperparameters()
         model, _ = load_backbone(backbone, dtype=dtype)
-        self.__dict__["model"] = model  # outside the module tree: never in a checkpoint
+        self.hold_backbone(model)  # outside the module tree: never in a checkpoint
         self.dims = model_dims(model)
         if k is not None:
             units = self.dims.num_layers * self.dims.width(site)
@@ -614,14 +614,6 @@ class AUSteerModule(LightningModule):
         self.val_acc_vanilla = MultipleChoiceAccuracy()
         self.test_acc = MultipleChoiceAccuracy()
         self.test_acc_vanilla = MultipleChoiceAccuracy()
-
-    @property
-    def model(self) -> nn.Module:
-        return self.__dict__["model"]
-
-    def _apply(self, fn, *args, **kwargs):  # move the backbone with the module
-        self.__dict__["model"]._apply(fn, *args, **kwargs)
-        return super()._apply(fn, *args, **kwargs)
 
     def configure_optimizers(self) -> None:
         return None  # statistics only

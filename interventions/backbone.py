@@ -437,3 +437,22 @@ def _build_cache(alias: str, gguf: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("Cached the %r backbone at %s", alias, final)
+
+
+class FrozenBackbone:
+    """Mixin for a LightningModule that uses a frozen backbone held outside its module tree.
+
+    :meth:`hold_backbone` stores the model (and tokenizer) in the instance ``__dict__``: they are
+    never in ``state_dict`` or a checkpoint and never put in train mode, yet ``module.to(...)``
+    moves the backbone along (``_apply`` forwards to it).  Put it before ``LightningModule`` in
+    the bases.
+    """
+
+    def hold_backbone(self, model: Any, tokenizer: Any = None) -> None:
+        self.__dict__["model"] = model
+        self.__dict__["tokenizer"] = tokenizer
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
+        self.__dict__["model"]._apply(fn)  # keep the backbone on the module's device / dtype
+        return self

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from interventions.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.backbone import DEFAULT_BACKBONE, FrozenBackbone, load_backbone
 from interventions.edits import SteerVec
 from interventions.export import save_intervention
 from interventions.report import publish_to_wandb
@@ -86,7 +86,7 @@ def caa_vectors(model: nn.Module, batches: Iterable[dict[str, Any]]) -> Tensor:
     return acc.mean()
 
 
-class CAAModule(LightningModule):
+class CAAModule(FrozenBackbone, LightningModule):
     """CAA vectors + the per-layer steerability sweep (the ``caa_sweep`` config).
 
     Args:
@@ -108,19 +108,11 @@ class CAAModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         model, _ = load_backbone(backbone, dtype=dtype)
-        self.__dict__["model"] = model  # kept out of the module tree: never saved in checkpoints
+        self.hold_backbone(model)  # outside the module tree: never saved in checkpoints
         self.automatic_optimization = False
         self.acc = DiffAccumulator()
         self.register_buffer("vectors", torch.zeros(0))
         self.results: dict[str, Any] = {}
-
-    @property
-    def model(self) -> nn.Module:
-        return self.__dict__["model"]
-
-    def _apply(self, fn, *args, **kwargs):  # move the backbone with the module
-        self.__dict__["model"]._apply(fn, *args, **kwargs)
-        return super()._apply(fn, *args, **kwargs)
 
     def configure_optimizers(self) -> None:
         return None  # CAA has nothing to optimise

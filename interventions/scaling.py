@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from interventions.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.backbone import DEFAULT_BACKBONE, FrozenBackbone, load_backbone
 from interventions.edits import EDITS, PointEdit, PositionSpec, build_edit
 from interventions.hooks import attach, last_token_logits
 from interventions.objectives import InterventionMetrics, objective_terms, three_term_loss
@@ -33,7 +33,7 @@ from interventions.sites import model_dims
 EditKind = Literal["activscalar", "steervec", "dynscalar"]
 
 
-class InterventionModule(L.LightningModule):
+class InterventionModule(FrozenBackbone, L.LightningModule):
     """A frozen causal LM plus one trainable edit, trained on the three-term objective.
 
     Args:
@@ -83,8 +83,7 @@ class InterventionModule(L.LightningModule):
         self.sites = list(sites) if sites else ["attn_out", "mlp_out"]
         model, tokenizer = load_backbone(backbone, dtype=dtype, adapter=adapter)
         # Held outside the module tree: never in state_dict / checkpoints, never put in train mode.
-        self.__dict__["model"] = model
-        self.__dict__["tokenizer"] = tokenizer
+        self.hold_backbone(model, tokenizer)
         self.dims = model_dims(model)
         self.beta_grid = beta_grid or [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
         self.edit: PointEdit | None = None
@@ -130,11 +129,6 @@ class InterventionModule(L.LightningModule):
                 "edit=dynscalar for prompts of varying length."
             )
         self._build_edit(int(length))
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        self.__dict__["model"]._apply(fn)  # keep the backbone on the module's device / dtype
-        return self
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.edit.parameters(), lr=self.hparams.lr)
