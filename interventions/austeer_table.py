@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROWS = [
@@ -60,12 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ablation_site", choices=["head", "ffn"], default="ffn")
     parser.add_argument("--configs", default="configs/commonsense")
     parser.add_argument("--out", default="runs/commonsense/table")
-    raw = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in raw:
-        i = raw.index("--")
-        raw, extra = raw[:i], raw[i + 1 :]
-    args = parser.parse_args(raw)
+    from interventions.cli import split_passthrough
+
+    own, extra = split_passthrough(argv)
+    args = parser.parse_args(own)
     out = Path(args.out)
     table: dict[str, dict[str, dict]] = {"vanilla": {}}
     for task in args.tasks:

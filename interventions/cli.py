@@ -77,6 +77,18 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> InterventionCL
     )
 
 
+def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """``(own, passthrough)``: a driver's arguments before ``--`` and the ``train.py fit``
+    arguments after it (``argv=None`` reads ``sys.argv``)."""
+    import sys
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in raw:
+        return raw, []
+    cut = raw.index("--")
+    return raw[:cut], raw[cut + 1 :]
+
+
 def fit_run(args: list[str], run: str | Path) -> dict:
     """Train one run in this process (``train.py fit`` with ``args`` and
     ``--trainer.default_root_dir=run``) and return its ``metrics.json``; the drivers that train

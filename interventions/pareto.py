@@ -168,16 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--out", default=None, help="sweep folder (default: <config run>/../pareto)"
     )
-    argv = list(argv) if argv is not None else None
-    if argv is None:
-        import sys
+    from interventions.cli import split_passthrough
 
-        argv = sys.argv[1:]
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
-    args = parser.parse_args(argv)
+    own, extra = split_passthrough(argv)
+    args = parser.parse_args(own)
     lrs = {}
     for item in args.lr:
         edit, _, value = item.partition("=")

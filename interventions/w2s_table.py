@@ -107,15 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top_k", nargs="+", type=int, default=[1, 3])
     parser.add_argument("--configs", default="configs/mwe", help="folder of w2s_<steering>.yaml")
     parser.add_argument("--out", default="runs/mwe/table")
-    argv = list(argv) if argv is not None else None
-    import sys
+    from interventions.cli import split_passthrough
 
-    raw = sys.argv[1:] if argv is None else argv
-    extra: list[str] = []
-    if "--" in raw:
-        i = raw.index("--")
-        raw, extra = raw[:i], raw[i + 1 :]
-    args = parser.parse_args(raw)
+    own, extra = split_passthrough(argv)
+    args = parser.parse_args(own)
     out = Path(args.out)
     results: dict[tuple[str, str, int], dict] = {}
     for behavior in args.behaviors:
