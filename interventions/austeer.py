@@ -24,6 +24,9 @@ number of layers, so units, gammas and edits never need a separate layer map.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,18 +34,26 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from interventions.backbone import DEFAULT_BACKBONE, FrozenBackbone, load_backbone
+from interventions.backbone import DEFAULT_BACKBONE, FrozenBackbone, cache_root, load_backbone
 from interventions.edits import EDITS, EditState, PointEdit
 from interventions.hooks import PositionContext, attach, last_token_index, position_ids
-from interventions.multiple_choice import MultipleChoiceAccuracy, evaluate_accuracy, predict_choices
+from interventions.multiple_choice import (
+    MultipleChoiceAccuracy,
+    evaluate_accuracy,
+    evaluate_many,
+    predict_choices,
+)
 from interventions.sites import ModelDims, check_layer, check_site, model_dims
 
 Unit = tuple[int, str, int]
 """One atomic unit: ``(layer, site, dim)``."""
+
+STAT_SITES = ("attn_z", "mlp_act", "resid_post")
+"""Sites whose momentum statistics :class:`AUSteerModule` always collects (AUSteer-Head,
+AUSteer-FFN and CAA), so one pass over a pool serves every method."""
 
 
 # ----------------------------------------------------------------------------- activations
@@ -279,6 +290,18 @@ class MomentumStats:
             raise ValueError("mean_abs_diff needs MomentumStats(track_abs=True).")
         self.check_not_empty()
         return {site: (s / self.n).float() for site, s in self.sum_abs_diff.items()}
+
+    def select(self, sites: Sequence[str]) -> MomentumStats:
+        """The statistics of some sites only (sharing the tensors), e.g. to rank one site's AUs."""
+        missing = [site for site in sites if site not in self.count_pos]
+        if missing:
+            raise ValueError(f"No statistics for sites {missing}; these have some: {self.sites}.")
+        out = MomentumStats(track_abs=self.track_abs)
+        out.n = self.n
+        for name in ("count_pos", "count_neg", "sum_diff", "sum_abs_diff"):
+            store = getattr(self, name)
+            setattr(out, name, {site: store[site] for site in sites if site in store})
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """The statistics as plain tensors and ints (e.g. for a Lightning checkpoint)."""
@@ -567,6 +590,11 @@ class AUSteerModule(FrozenBackbone, LightningModule):
         caa_multipliers: candidate multipliers of CAA.
         seed: seed of the random localisation.
         dtype: backbone dtype.
+        stats_cache: keep the momentum statistics on disk, keyed by the backbone, dtype and the
+            exact contrastive pairs: a later run on the same pool (another method, k, alpha or
+            site among ``STAT_SITES``) loads them and skips the pass over the pool.
+        cache_dir: folder of that cache (default
+            ``$XDG_CACHE_HOME/learned-interventions/austeer_stats``).
     """
 
     def __init__(
@@ -578,12 +606,14 @@ class AUSteerModule(FrozenBackbone, LightningModule):
         alpha: float | None = None,
         k_grid: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100),
         alpha_grid: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0),
-        positions: Literal["all", "last"] = "all",
+        positions: Literal["all", "last"] = "last",
         normalize: Literal["sum", "mean"] = "mean",
         caa_layers: list[int] | None = None,
         caa_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0),
         seed: int = 0,
         dtype: str = "float32",
+        stats_cache: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if method not in Method.__args__:  # type: ignore[attr-defined]
@@ -606,10 +636,12 @@ class AUSteerModule(FrozenBackbone, LightningModule):
                 )
         self.automatic_optimization = False
         self.stats = MomentumStats()
+        self._stats_from_cache = False
         self.edit: PointEdit | None = None
         self.beta = 1.0
         self.choice: dict[str, Any] = {}
         self.search_table: list[dict[str, Any]] = []
+        self.search_vanilla = float("nan")
         self.val_acc = MultipleChoiceAccuracy()
         self.val_acc_vanilla = MultipleChoiceAccuracy()
         self.test_acc = MultipleChoiceAccuracy()
@@ -619,18 +651,63 @@ class AUSteerModule(FrozenBackbone, LightningModule):
         return None  # statistics only
 
     # ------------------------------------------------------------------ statistics
+    @property
+    def stat_sites(self) -> list[str]:
+        """The sites whose statistics one pass collects: this run's site and ``STAT_SITES``
+        (reading them all costs one forward pass, and lets the cache serve every method)."""
+        return list(dict.fromkeys([*STAT_SITES, self.hparams.site]))
+
+    def stats_cache_path(self) -> Path | None:
+        """The cache file of this run's statistics (``None`` when caching is off or there is no
+        data module)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if not self.hparams.stats_cache or dm is None or not hasattr(dm, "contrastive_pairs"):
+            return None
+        pairs = [(pair.positive, pair.negative) for pair in dm.contrastive_pairs()]
+        key = {
+            "backbone": str(self.hparams.backbone),
+            "dtype": self.hparams.dtype,
+            "sites": self.stat_sites,
+            "pairs": pairs,
+        }
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+        folder = self.hparams.cache_dir
+        root = Path(folder) if folder else cache_root() / "austeer_stats"
+        return root / f"{getattr(dm, 'task', 'pairs')}-{digest}.pt"
+
     def on_train_epoch_start(self) -> None:
         self.stats = MomentumStats()
+        self._stats_from_cache = False
+        path = self.stats_cache_path()
+        if path is not None and path.is_file():
+            try:
+                self.stats.load_state_dict(torch.load(path, weights_only=True))
+            except (OSError, RuntimeError, KeyError, ValueError):
+                rank_zero_warn(f"AUSteer statistics cache {path} is unreadable; recomputing it.")
+                self.stats = MomentumStats()
+            else:
+                self._stats_from_cache = True
+                rank_zero_info(f"Loaded momentum statistics of {self.stats.n} pairs from {path}.")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        return -1 if self._stats_from_cache else None  # -1 ends the epoch: nothing to compute
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        site = self.hparams.site
-        pos = au_activations(
-            self.model, batch["pos_input_ids"], batch["pos_attention_mask"], [site]
-        )
-        neg = au_activations(
-            self.model, batch["neg_input_ids"], batch["neg_attention_mask"], [site]
-        )
+        sites = self.stat_sites
+        pos = au_activations(self.model, batch["pos_input_ids"], batch["pos_attention_mask"], sites)
+        neg = au_activations(self.model, batch["neg_input_ids"], batch["neg_attention_mask"], sites)
         self.stats.update(pos, neg)
+
+    def on_train_epoch_end(self) -> None:
+        path = self.stats_cache_path()
+        if path is None or self._stats_from_cache or not self.stats.n:
+            return
+        if self.trainer.num_training_batches != len(self.trainer.train_dataloader or []):
+            return  # a partial pass (limit_train_batches): not the pool's statistics
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(self.stats.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: an interrupted run never leaves a partial file
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["momentum_stats"] = self.stats.state_dict() if self.stats.n else None
@@ -649,7 +726,7 @@ class AUSteerModule(FrozenBackbone, LightningModule):
         """The edit and beta of one hyperparameter setting (``k``/``alpha`` or
         ``layer``/``multiplier`` for CAA)."""
         h = self.hparams
-        stats = self.stats
+        stats = self.stats.select([h.site])  # the pass also collected other sites
         if h.method == "caa":
             layer, mult = int(choice["layer"]), float(choice["multiplier"])
             # the layer's mean difference as a dense AUShift (every dim of resid_post, any
@@ -693,18 +770,23 @@ class AUSteerModule(FrozenBackbone, LightningModule):
 
     def search(self, loader: Any) -> dict[str, Any]:
         """Try every setting of :meth:`grid` on ``loader``; keep the best (ties: the first, i.e.
-        the smallest k and alpha)."""
-        self.search_table = []
-        best: dict[str, Any] | None = None
+        the smallest k and alpha).  The unedited accuracy is kept as ``search_vanilla``.
+
+        All settings are scored in one pass over the loader (:func:`evaluate_many`): each batch
+        is loaded once, and with ``positions="last"`` its prompt prefix runs once for all of
+        them.
+        """
         settings = self.grid()
-        for setting in tqdm(settings, desc=f"{self.hparams.method} search", leave=False):
-            edit, beta = self.build(**setting)
-            acc = self.accuracy(loader, edit, beta)
-            self.search_table.append({**setting, "accuracy": acc})
-            if best is None or acc > best["accuracy"]:
-                best = {**setting, "accuracy": acc}
-        assert best is not None
-        return best
+        candidates = [None, *(self.build(**setting) for setting in settings)]
+        vanilla, *accuracies = evaluate_many(
+            self.model, loader, candidates, self.hparams.normalize, progress=True
+        )
+        self.search_vanilla = vanilla  # the unedited accuracy on the same items
+        self.search_table = [
+            {**setting, "accuracy": acc} for setting, acc in zip(settings, accuracies, strict=True)
+        ]
+        best = max(self.search_table, key=lambda row: row["accuracy"])  # first of equal ones
+        return dict(best)
 
     # ------------------------------------------------------------------ end of fit
     def on_fit_end(self) -> None:
@@ -745,8 +827,6 @@ class AUSteerModule(FrozenBackbone, LightningModule):
 
 def finish_austeer_run(module: AUSteerModule, dm: Any, run: Path) -> dict[str, Any]:
     """Search on validation, build and export the edit, evaluate test, write metrics and plots."""
-    import json
-
     import matplotlib.pyplot as plt
 
     from interventions import plots
@@ -759,9 +839,9 @@ def finish_austeer_run(module: AUSteerModule, dm: Any, run: Path) -> dict[str, A
     search_seconds = time.perf_counter() - started
     module.choice = {k: v for k, v in best.items() if k != "accuracy"}
     module.edit, module.beta = module.build(**module.choice)
-    test = dm.test_dataloader()
-    vanilla_test = module.accuracy(test)
-    steered_test = module.accuracy(test, module.edit, module.beta)
+    vanilla_test, steered_test = evaluate_many(
+        module.model, dm.test_dataloader(), [None, (module.edit, module.beta)], h.normalize
+    )
     steered_count = (
         1 if h.method == "caa" else module.edit.num_steered()  # type: ignore[union-attr]
     )
@@ -775,7 +855,7 @@ def finish_austeer_run(module: AUSteerModule, dm: Any, run: Path) -> dict[str, A
             module.dims.d_model if h.method == "caa" else int(steered_count)
         ),
         "val/accuracy": best["accuracy"],
-        "val/accuracy_vanilla": module.accuracy(dm.val_dataloader()),
+        "val/accuracy_vanilla": module.search_vanilla,
         "test/accuracy": steered_test,
         "test/accuracy_vanilla": vanilla_test,
         "search_seconds": round(search_seconds, 1),

@@ -29,6 +29,7 @@ def _fit(config: str, backbone: str, run: Path, *extra: str):
             "--data.pool_size=8", "--data.num_val=4", "--data.max_test=4", "--data.batch_size=4",
             "--model.k_grid=[1,3]", "--model.alpha_grid=[1.0,10.0]",
             "--model.caa_layers=[0,2]", "--model.caa_multipliers=[1.0,4.0]",
+            f"--model.cache_dir={run / 'stats_cache'}",
             *extra,
         ],
         run=False,
@@ -115,3 +116,27 @@ def test_results_table_driver(tiny_backbone_dir, tmp_path):
     assert "| AUSteer-Head |" in (tmp_path / "table.md").read_text()
     # a second call trains nothing (every metrics.json exists) and gives the same table
     assert main(["--tasks", "copa", "--out", str(tmp_path)]) == table
+
+
+def test_statistics_cache_serves_a_later_run(tiny_backbone_dir, tmp_path):
+    """One pass collects every standard site; a run with another site and method loads the same
+    statistics from the cache instead of reading the pool again, and gets the same values."""
+    first = _fit("configs/commonsense/austeer_head_copa.yaml", tiny_backbone_dir, tmp_path / "a")
+    cache = tmp_path / "a" / "stats_cache"
+    assert len(list(cache.glob("copa-*.pt"))) == 1
+    second = _fit(
+        "configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path / "b",
+        f"--model.cache_dir={cache}", "--model.method=actdiff",
+    )  # fmt: skip
+    assert second.model._stats_from_cache
+    assert second.trainer.global_step == 0  # no batch of the pool was read
+    for site in ("attn_z", "mlp_act", "resid_post"):
+        assert torch.equal(first.model.stats.count_pos[site], second.model.stats.count_pos[site])
+        assert torch.equal(first.model.stats.sum_diff[site], second.model.stats.sum_diff[site])
+    # another pool (another seed draws other wrong answers / items) is not served from it
+    third = _fit(
+        "configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path / "c",
+        f"--model.cache_dir={cache}", "--data.seed=1",
+    )  # fmt: skip
+    assert not third.model._stats_from_cache
+    assert len(list(cache.glob("copa-*.pt"))) == 2
