@@ -825,6 +825,27 @@ class AUSteerModule(FrozenBackbone, LightningModule):
         self._log_epoch("test", self.test_acc, self.test_acc_vanilla)
 
 
+def unit_ranking(stats: MomentumStats, site: str, top: int = 100) -> list[dict[str, Any]]:
+    """The ``top`` AUs of ``site`` by discriminative score, best first, with ``r_pos``, ``r_neg``
+    and the mean difference (what ``fit`` ranks; saved as ``<run>/ranking.json``)."""
+    one = stats.select([site])
+    width = one.count_pos[site].numel()
+    units = top_k_units(one.scores, min(top, width))
+    r_pos, r_neg, mean = one.r_pos[site], one.r_neg[site], one.mean_diff[site]
+    return [
+        {
+            "layer": layer,
+            "site": site,
+            "dim": dim,
+            "score": round(float(max(r_pos[layer, dim], r_neg[layer, dim])), 6),
+            "r_pos": round(float(r_pos[layer, dim]), 6),
+            "r_neg": round(float(r_neg[layer, dim]), 6),
+            "mean_diff": float(mean[layer, dim]),
+        }
+        for layer, _, dim in units
+    ]
+
+
 def finish_austeer_run(module: AUSteerModule, dm: Any, run: Path) -> dict[str, Any]:
     """Search on validation, build and export the edit, evaluate test, write metrics and plots."""
     import matplotlib.pyplot as plt
@@ -863,6 +884,7 @@ def finish_austeer_run(module: AUSteerModule, dm: Any, run: Path) -> dict[str, A
     }
     run.mkdir(parents=True, exist_ok=True)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run / "ranking.json").write_text(json.dumps(unit_ranking(module.stats, h.site), indent=1))
     folder = save_intervention(
         module.edit, run / "intervention", h.backbone, extra={"beta": module.beta, **metrics}
     )

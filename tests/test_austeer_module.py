@@ -57,6 +57,16 @@ def test_every_commonsense_config_runs(config, tiny_backbone_dir, tmp_path):
     assert again == pytest.approx(metrics["test/accuracy"])
     assert (tmp_path / "plots" / "unit_scores.png").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # the saved ranking: best first, scores = max(r_pos, r_neg) of the statistics
+    ranking = json.loads((tmp_path / "ranking.json").read_text())
+    site = module.hparams.site
+    scores = module.stats.scores[site]
+    assert ranking[0]["score"] == pytest.approx(float(scores.max()))
+    assert [r["score"] for r in ranking] == sorted((r["score"] for r in ranking), reverse=True)
+    for r in ranking[:5]:
+        assert r["site"] == site
+        assert r["score"] == pytest.approx(max(r["r_pos"], r["r_neg"]))
+        assert r["score"] == pytest.approx(float(scores[r["layer"], r["dim"]]))
 
 
 @pytest.mark.parametrize("method", ["random", "actdiff", "fixed_vector", "fixed_strength"])

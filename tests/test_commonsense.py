@@ -41,6 +41,7 @@ from interventions.multiple_choice import (
     predict_choices,
 )
 from interventions.sites import layers, model_dims
+from tests.conftest import random_batch
 
 DATA = default_data_dir()
 pytestmark = pytest.mark.skipif(
@@ -486,3 +487,98 @@ def test_batches_without_shared_prompts_score_as_one_at_a_time(model, tok, items
         scores = choice_scores(model, batch, normalize="sum", edit=edit)
     expected = torch.tensor([[total for total, _ in per] for per in ref])
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------- prefix reuse
+def _mc_batch(cont_side: str) -> dict[str, torch.Tensor]:
+    """Five items, nine rows: items 0, 1 and 3 share one prompt over their choices, item 2 has
+    per-choice prompts (WinoGrande-like), item 4 one choice; prompt and answer lengths vary."""
+    prompt_len = [7, 7, 5, 5, 5, 9, 11, 4, 4]  # rows; item of each row below
+    item = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3])
+    prompt_ids, prompt_mask, _ = random_batch(9, prompt_len, "left", seed=3)
+    for a, b in ((0, 1), (2, 3), (2, 4), (7, 8)):  # choices of one item: the same prompt
+        prompt_ids[b] = prompt_ids[a]
+    cont_ids, cont_mask, _ = random_batch(9, [1, 3, 2, 2, 4, 1, 2, 3, 1], cont_side, seed=4)
+    prompt_ids = torch.cat([prompt_ids, prompt_ids[:1]])  # item 4: one choice
+    prompt_mask = torch.cat([prompt_mask, prompt_mask[:1]])
+    cont_ids = torch.cat([cont_ids, cont_ids[1:2]])
+    cont_mask = torch.cat([cont_mask, cont_mask[1:2]])
+    return {
+        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+        "continuation_ids": cont_ids, "continuation_mask": cont_mask,
+        "item": torch.cat([item, torch.tensor([4])]), "gold": torch.tensor([1, 2, 0, 1, 0]),
+        "num_choices": torch.tensor([2, 3, 2, 2, 1]),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("cont_side", ["left", "right"])
+def test_prefix_reuse_equals_full_scoring(arch_model, cont_side):
+    """Scores from a reused prompt prefix (last prompt token + answer re-run) equal the full
+    two-call scoring, with no edit and with positions='last' AUScale / SteerVec edits; the
+    stored prefix is not changed by a use; a positions='all' edit ignores the prefix."""
+    from interventions.austeer import build_edit
+    from interventions.multiple_choice import leaves_prefix_alone, prompt_prefix
+
+    dims = model_dims(arch_model)
+    batch = _mc_batch(cont_side)
+    torch.manual_seed(0)
+    scale = torch.zeros(dims.num_layers, dims.width("mlp_act"))
+    scale.view(-1)[torch.randperm(scale.numel())[:6]] = torch.randn(6) * 3
+    auscale = build_edit(dims, {"mlp_act": scale}, "auscale", "last")
+    steer = SteerVec(dims, ["resid_post"], positions="last")
+    everywhere = build_edit(dims, {"mlp_act": scale}, "auscale", "all")
+    with torch.no_grad():
+        steer.params["resid_post"].normal_(0.0, 1.0)
+        prefix = prompt_prefix(arch_model, batch)
+        assert prefix is not None
+        for edit in (None, auscale, steer, everywhere):
+            full, count = choice_logprobs(arch_model, batch, edit=edit)
+            reused, count2 = choice_logprobs(arch_model, batch, edit=edit, prefix=prefix)
+            again, _ = choice_logprobs(arch_model, batch, edit=edit, prefix=prefix)
+            torch.testing.assert_close(reused, full, atol=1e-4, rtol=0)
+            assert torch.equal(again, reused) and torch.equal(count2, count)
+        assert not leaves_prefix_alone(everywhere) and leaves_prefix_alone(auscale)
+        # the edits really change the scores (so the equality above is not vacuous)
+        clean, _ = choice_logprobs(arch_model, batch)
+        steered, _ = choice_logprobs(arch_model, batch, edit=steer, prefix=prefix)
+        assert float((clean - steered).abs().max()) > 1e-3
+
+
+def test_prefix_needs_two_prompt_tokens(llama):
+    batch = _mc_batch("right")
+    from interventions.multiple_choice import prompt_prefix
+
+    batch["prompt_ids"], batch["prompt_mask"] = (
+        batch["prompt_ids"][:, -1:],
+        batch["prompt_mask"][:, -1:],
+    )
+    assert prompt_prefix(llama, batch) is None  # nothing to reuse: scored in full instead
+    full, _ = choice_logprobs(llama, batch)
+    assert torch.isfinite(full).all()
+
+
+def test_evaluate_many_equals_one_setting_at_a_time(model, tok, items):
+    """One pass over the loader with a shared prefix gives each candidate's own accuracy."""
+    from interventions.austeer import build_edit
+    from interventions.multiple_choice import evaluate_many
+
+    chosen = items["boolq"][:6] + items["copa"][:6] + items["winogrande"][:6]
+    loader = DataLoader(chosen, batch_size=4, collate_fn=ChoiceCollator(tok))
+    dims = model_dims(model)
+    torch.manual_seed(2)
+    candidates: list[Any] = [None]
+    for strength in (0.0, 5.0, 50.0):
+        values = torch.zeros(dims.num_layers, dims.width("mlp_act"))
+        values.view(-1)[torch.randperm(values.numel())[:20]] = strength
+        candidates.append((build_edit(dims, {"mlp_act": values}, "auscale", "last"), 1.0))
+    candidates.append((steer_edit(model), 2.0))
+    for normalize in ("sum", "mean"):
+        many = evaluate_many(model, loader, candidates, normalize)
+        single = [
+            evaluate_accuracy(model, loader, normalize, *(c if c is not None else (None, 1.0)))
+            for c in candidates
+        ]
+        assert many == single
+    assert many[0] == many[1]  # a zero edit changes nothing
+    with pytest.raises(ValueError, match="at least one candidate"):
+        evaluate_many(model, loader, [])
