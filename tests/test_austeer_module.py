@@ -118,6 +118,7 @@ def test_results_table_driver(tiny_backbone_dir, tmp_path):
             "--trainer.enable_progress_bar=false", "--data.pool_size=6", "--data.num_val=4",
             "--data.max_test=4", "--model.k_grid=[1]", "--model.alpha_grid=[2.0]",
             "--model.caa_layers=[1]", "--model.caa_multipliers=[1.0]",
+            f"--model.cache_dir={tmp_path / 'stats_cache'}",
         ]
     )  # fmt: skip
     assert set(table) == {"vanilla", *(name for name, _, _ in ROWS)}
