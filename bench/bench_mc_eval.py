@@ -1,8 +1,9 @@
 """Multiple-choice evaluation speed on the real SmolLM2: batching, and the (alpha, k) search.
 
 Part 1 scores the first ``--items`` test items of a task with
-``interventions.multiple_choice.evaluate_accuracy``, in batches of ``--batch`` items and one
-item at a time (as the AUSteer reference implementation evaluates), and prints both throughputs,
+``interventions.multiple_choice.evaluate_accuracy``, in batches of ``--batch`` items (longest
+first, as the data module batches them, and in data order) and one item at a time (as the AUSteer
+reference implementation evaluates), and prints the throughputs,
 their ratio and both accuracies (which must be equal: scores do not depend on padding or batch
 composition).
 
@@ -26,7 +27,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from datamodules.commonsense import TASKS, ChoiceCollator, ChoiceItem, CommonsenseDataModule
+from datamodules.commonsense import (
+    TASKS,
+    ChoiceCollator,
+    ChoiceItem,
+    CommonsenseDataModule,
+    longest_first,
+)
 from interventions.austeer import build_edit
 from interventions.backbone import load_backbone
 from interventions.multiple_choice import evaluate_accuracy, evaluate_many
@@ -80,16 +87,20 @@ def main() -> None:
     model, _ = load_backbone()
     collator = dm.choice_collator
 
-    items = dm.test_items
+    items = longest_first(dm.test_items)  # batches of similar lengths, as the data module loads
+    in_order, _ = measure(model, dm.test_items, collator, args.batch, normalize)
     batched, acc_batched = measure(model, items, collator, args.batch, normalize)
     single, acc_single = measure(model, items, collator, 1, normalize)
     print(f"{len(items)} {args.task} test items, normalize={args.normalize}")
-    print(f"batched (batch {args.batch}): {batched:.2f} items/s, accuracy {acc_batched:.4f}")
+    print(
+        f"batched (batch {args.batch}), longest first: {batched:.2f} items/s, accuracy {acc_batched:.4f}"
+    )
+    print(f"batched, data order (more padding): {in_order:.2f} items/s")
     print(f"one at a time:        {single:.2f} items/s, accuracy {acc_single:.4f}")
     print(f"speed-up batched / one at a time: {batched / single:.2f}x")
     print(f"accuracies equal: {acc_batched == acc_single}")
 
-    loader = DataLoader(dm.val_items, batch_size=args.batch, collate_fn=collator)
+    loader = DataLoader(longest_first(dm.val_items), batch_size=args.batch, collate_fn=collator)
     edits = search_edits(model, args.settings)
     t0 = time.perf_counter()
     shared = evaluate_many(model, loader, edits, normalize)

@@ -102,7 +102,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -166,6 +166,9 @@ COPA_CONNECTIVES: dict[str, str] = {"cause": "because", "effect": "therefore"}
 """COPA's connective for each value of ``asks-for``."""
 
 _NO_SPACE_BEFORE = (".", "'")  # WinoGrande continuations that attach to the blank ("'s", ".")
+
+
+T = TypeVar("T", "ChoiceItem", "ContrastivePair")
 
 
 # ---------------------------------------------------------------------------- values
@@ -244,6 +247,24 @@ def contrastive_pairs(items: Sequence[ChoiceItem], seed: int = 0) -> list[Contra
             raise ValueError(f"item {index} ({item.prompt!r}) has no wrong choice")
         pairs.append(ContrastivePair(item.text(item.gold), item.text(rng.choice(wrong))))
     return pairs
+
+
+def _text_length(entry: ChoiceItem | ContrastivePair) -> int:
+    if isinstance(entry, ContrastivePair):
+        return max(len(entry.positive), len(entry.negative))
+    return max(len(entry.text(c)) for c in range(entry.num_choices))
+
+
+def longest_first(entries: Sequence[T]) -> list[T]:
+    """Items or pairs ordered by their longest text, longest first (ties keep their order).
+
+    Batching neighbours of this order pads each batch to a length close to its rows' own: on
+    BoolQ, whose passages vary from a few dozen to several hundred tokens, batches in data order
+    spend most of their compute on padding.  Character length stands in for token length (no
+    tokenization needed).
+    """
+    order = sorted(range(len(entries)), key=lambda i: -_text_length(entries[i]))  # stable
+    return [entries[i] for i in order]
 
 
 # ---------------------------------------------------------------------------- readers
@@ -789,13 +810,15 @@ class CommonsenseDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Contrastive pair batches, in pool order (they feed activation statistics)."""
-        return self._loader(self.contrastive_pairs(), self.pair_collator)
+        """Contrastive pair batches, longest first (:func:`longest_first`): the statistics they
+        feed are sums over pairs, so the order only decides how little padding each batch has."""
+        return self._loader(longest_first(self.contrastive_pairs()), self.pair_collator)
 
     def val_dataloader(self) -> DataLoader:
-        """Multiple-choice batches of the validation set."""
-        return self._loader(self.val_items, self.choice_collator)
+        """Multiple-choice batches of the validation set, longest first (accuracy does not
+        depend on the order; similar lengths in a batch waste little compute on padding)."""
+        return self._loader(longest_first(self.val_items), self.choice_collator)
 
     def test_dataloader(self) -> DataLoader:
-        """Multiple-choice batches of the test set."""
-        return self._loader(self.test_items, self.choice_collator)
+        """Multiple-choice batches of the test set, longest first (see :meth:`val_dataloader`)."""
+        return self._loader(longest_first(self.test_items), self.choice_collator)

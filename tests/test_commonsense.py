@@ -201,9 +201,10 @@ def test_pair_batches(make, tok, side):
         "neg_input_ids",
         "neg_attention_mask",
     }
+    first = commonsense.longest_first(dm.contrastive_pairs())[:4]  # the loader's order
     for key, texts in (
-        ("pos", [p.positive for p in dm.contrastive_pairs()[:4]]),
-        ("neg", [p.negative for p in dm.contrastive_pairs()[:4]]),
+        ("pos", [p.positive for p in first]),
+        ("neg", [p.negative for p in first]),
     ):
         ids, mask = batch[f"{key}_input_ids"], batch[f"{key}_attention_mask"]
         assert ids.shape == mask.shape and ids.shape[0] == 4
@@ -582,3 +583,21 @@ def test_evaluate_many_equals_one_setting_at_a_time(model, tok, items):
     assert many[0] == many[1]  # a zero edit changes nothing
     with pytest.raises(ValueError, match="at least one candidate"):
         evaluate_many(model, loader, [])
+
+
+def test_loaders_batch_longest_first(make):
+    """Val/test/train loaders visit every entry once, longest text first; the statistics and the
+    accuracy are order-free, so only the padding changes."""
+    from datamodules.commonsense import longest_first
+
+    dm = make(task="boolq", max_test=40)
+    for entries, loader_items in (
+        (dm.test_items, dm.test_dataloader().dataset),
+        (dm.val_items, dm.val_dataloader().dataset),
+        (dm.contrastive_pairs(), dm.train_dataloader().dataset),
+    ):
+        assert sorted(map(repr, loader_items)) == sorted(map(repr, entries))
+        lengths = [commonsense._text_length(e) for e in loader_items]
+        assert lengths == sorted(lengths, reverse=True)
+    same = [ChoiceItem("ab", (" c",), 0), ChoiceItem("xy", (" z",), 0), ChoiceItem("a", ("b",), 0)]
+    assert longest_first(same) == same  # ties keep their order

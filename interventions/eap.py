@@ -1,0 +1,915 @@
+"""EAP-IG attribution graphs (Edge Attribution Patching with Integrated Gradients).
+
+Hanna et al. (2024) score every edge ``u -> v`` of a transformer's computational graph by how much
+it carries the difference between a *clean* and a *corrupted* prompt into a metric ``L``; A2A
+(Eq. 1) aggregates these scores into layer rankings.  Here ``L`` is the logit difference
+``logit(target) - logit(foil)`` at each prompt's last real token, and
+
+    score(u, v) = (z_u(clean) - z_u(corrupted)) . 1/m sum_{k=1..m} dL/d in_v (x_k),
+    x_k = corrupted + (k/m) (clean - corrupted)        (interpolated input embeddings)
+
+where ``z_u`` is what node ``u`` adds to the residual stream, ``in_v`` is the residual stream
+node ``v`` reads, and the dot product runs over token positions and ``d_model``.
+
+**The graph.**  Nodes, in forward order: ``"input"`` (the embedding, i.e. the residual stream
+entering layer 0; for GPT-2 this includes the position embedding, which is equal in both runs),
+every attention head ``"a{l}.h{h}"``, every MLP ``"m{l}"`` and ``"logits"``.  Every node but the
+logits writes to the residual stream (the rows of the score matrix); every node but the input
+reads from it through one or more *inputs* (the columns):
+
+* block level (default): ``"a{l}"`` (the input of layer ``l``'s attention pre-norm, shared by all
+  its heads), ``"m{l}"`` (the input of the MLP pre-norm) and ``"logits"`` (the input of the final
+  norm);
+* ``per_head_inputs=True``: as in EAP-IG, each head reads its query, key and value through its own
+  copy of the residual stream: ``"a{l}.h{h}<q>"``, ``"a{l}.h{h}<k>"``, ``"a{l}.h{h}<v>"``.  With
+  grouped-query attention a key/value projection is shared by a group of query heads, so there is
+  one key and one value input per key-value head: ``"a{l}.kv{g}<k>"``, ``"a{l}.kv{g}<v>"``.
+
+An edge ``u -> v`` exists when ``u`` writes before ``v`` reads: the embedding feeds everything,
+the attention of layer ``l`` feeds the MLP of layer ``l`` and everything after it.  GPT-NeoX with
+``use_parallel_residual`` runs attention and MLP of a layer on the same residual stream, so there
+is no edge between them.  Scores of pairs that are not edges are NaN.
+
+**Node outputs.**  A head's output is its slice of the output projection's input times the
+matching columns of ``W_O``.  The output projection's bias belongs to no head: it is the same in
+the clean and corrupted runs, so it cancels in ``z(clean) - z(corrupted)``.  Gemma 2/3 normalise
+the attention output (``post_attention_layernorm``) before adding it to the residual stream, which
+makes head outputs interact; we *linearise* the norm around each run: a head's output is its
+``W_O`` contribution times the norm's per-position scale ``rsqrt(mean(o^2) + eps) * (1 + w)``
+computed from the whole attention output ``o`` of that run (the way TransformerLens folds norm
+scales).  The heads of a layer then sum exactly to the block's output in each run, so the edge
+scores of a layer's heads still add up to the block's.  For Gemma's MLP, the node output is the
+post-norm's output (the whole block), so nothing is approximated there.
+
+**Input gradients.**  A pre-hook on each pre-norm replaces its input by a copy, so the gradient of
+that copy flows only through the block (not through the skip connection).  Per-head inputs use
+the gradient at the q/k/v projection outputs: a head's rows of that gradient, multiplied by its
+rows of the projection weight, give the cotangent at the pre-norm's output, and the pre-norm's
+vector-Jacobian product maps it back to the residual stream.  This works for separate
+(Llama family, Gemma) and fused (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``) projections.
+
+**Cost.**  One clean and one corrupted forward pass (node outputs) plus ``steps`` forward+backward
+passes on interpolated embeddings (all input gradients at once); every edge score is then one
+contraction ``[upstream, pos * d_model] @ [pos * d_model, inputs]`` per example.
+
+The model is read through :mod:`interventions.sites` (layers, ``attn_z``, ``attn_out``,
+``mlp_out``); the few extra module paths EAP-IG needs (pre-norms, final norm, q/k/v projections)
+sit in :data:`EAP_ROWS`, keyed by the sites table's family.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers.pytorch_utils import Conv1D
+
+from interventions.hooks import last_token_logits
+from interventions.sites import arch_row, layers, model_dims, site_module
+
+FORMAT_VERSION = 1
+
+# --------------------------------------------------------------------------------------------
+# Per-family module paths that the sites table does not (yet) name
+# --------------------------------------------------------------------------------------------
+
+QKVLayout = Literal["separate", "gpt2_fused", "neox_fused"]
+
+
+@dataclass(frozen=True)
+class EapRow:
+    """Where EAP-IG reads a model family's residual-stream inputs.
+
+    Attributes:
+        attn_norm: path (in a layer) of the attention pre-norm.
+        mlp_norm: path (in a layer) of the MLP pre-norm.
+        final_norm: path (in the model) of the norm before the unembedding.
+        qkv: paths (in a layer) of the query/key/value projections: three modules for
+            ``"separate"``, one fused module otherwise; ``None`` = per-head inputs unsupported.
+        qkv_layout: how heads are laid out in the projection outputs.
+        attn_post_norm: path of a norm applied to the attention output before the residual add
+            (Gemma 2/3), or ``None``.
+        parallel_residual: reads from the config whether attention and MLP of a layer read the
+            same residual stream.
+    """
+
+    attn_norm: str
+    mlp_norm: str
+    final_norm: str
+    qkv: tuple[str, ...] | None
+    qkv_layout: QKVLayout
+    attn_post_norm: str | None = None
+    parallel_residual: Callable[[object], bool] = field(default=lambda cfg: False)
+
+
+EAP_ROWS: dict[str, EapRow] = {
+    "gpt2": EapRow(
+        attn_norm="ln_1",
+        mlp_norm="ln_2",
+        final_norm="transformer.ln_f",
+        qkv=("attn.c_attn",),
+        qkv_layout="gpt2_fused",
+    ),
+    "gpt_neox": EapRow(
+        attn_norm="input_layernorm",
+        mlp_norm="post_attention_layernorm",
+        final_norm="gpt_neox.final_layer_norm",
+        qkv=("attention.query_key_value",),
+        qkv_layout="neox_fused",
+        parallel_residual=lambda cfg: bool(getattr(cfg, "use_parallel_residual", False)),
+    ),
+    "llama": EapRow(
+        attn_norm="input_layernorm",
+        mlp_norm="post_attention_layernorm",
+        final_norm="model.norm",
+        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        qkv_layout="separate",
+    ),
+    "gemma": EapRow(
+        attn_norm="input_layernorm",
+        mlp_norm="pre_feedforward_layernorm",
+        final_norm="model.norm",
+        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        qkv_layout="separate",
+        attn_post_norm="post_attention_layernorm",
+    ),
+}
+"""EAP-IG module paths per family of :data:`interventions.sites.ARCHITECTURES`."""
+
+
+def eap_row(model: nn.Module) -> EapRow:
+    """The :data:`EAP_ROWS` entry of ``model``'s family, or a clear error."""
+    family = arch_row(model).family
+    if family not in EAP_ROWS:
+        raise ValueError(
+            f"EAP-IG does not know the module paths of family {family!r} "
+            f"(model_type {model.config.model_type!r}); add an EapRow to "
+            "interventions.eap.EAP_ROWS."
+        )
+    return EAP_ROWS[family]
+
+
+def _weight_out_in(module: nn.Module) -> Tensor:
+    """A projection's weight as ``[out_features, in_features]`` (``nn.Linear`` or GPT-2 Conv1D)."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if isinstance(module, Conv1D):
+        return module.weight.t()
+    raise TypeError(f"Expected nn.Linear or Conv1D, got {type(module).__name__}.")
+
+
+def _num_kv_heads(model: nn.Module, num_heads: int) -> int:
+    return int(getattr(model.config, "num_key_value_heads", None) or num_heads)
+
+
+# --------------------------------------------------------------------------------------------
+# The attribution graph
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One scored edge: ``upstream`` writes, ``input`` reads."""
+
+    upstream: str
+    input: str
+    score: float
+
+
+@dataclass
+class AttributionGraph:
+    """An EAP-IG attribution graph for a batch of clean/corrupted prompt pairs.
+
+    Rows of the score matrices are the upstream nodes ``nodes[:-1]`` (every node but the logits),
+    columns are the inputs ``inputs``; pairs that are not edges hold NaN.
+
+    Attributes:
+        nodes: every node in forward order: ``"input"``, ``"a{l}.h{h}"``, ``"m{l}"``, ...,
+            ``"logits"``.
+        node_layers: layer of each node: -1 for the input, ``num_layers`` for the logits.
+        inputs: every input (column) name (see the module docstring).
+        input_nodes: the nodes reading through each input (several when the input is shared:
+            a block-level attention input by all heads of the layer, a GQA key/value input by
+            the query heads of its group).
+        scores: ``[num_nodes - 1, num_inputs]`` edge scores averaged over the examples.
+        example_scores: ``[batch, num_nodes - 1, num_inputs]`` per-example edge scores.
+        metric_clean: ``[batch]`` L (logit difference) on the clean prompts.
+        metric_corrupted: ``[batch]`` L on the corrupted prompts.
+        steps: number of integration steps ``m``.
+        architecture: ``config.model_type`` of the model.
+        per_head_inputs: whether heads read through per-head q/k/v inputs.
+    """
+
+    nodes: list[str]
+    node_layers: list[int]
+    inputs: list[str]
+    input_nodes: list[list[str]]
+    scores: Tensor
+    example_scores: Tensor
+    metric_clean: Tensor
+    metric_corrupted: Tensor
+    steps: int
+    architecture: str
+    per_head_inputs: bool
+
+    @property
+    def upstream(self) -> list[str]:
+        """Row names: every node that writes to the residual stream (all but the logits)."""
+        return self.nodes[:-1]
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.metric_clean.numel())
+
+    @property
+    def edge_mask(self) -> Tensor:
+        """``[num_nodes - 1, num_inputs]`` true where ``u -> v`` is an edge of the graph."""
+        return ~torch.isnan(self.scores)
+
+    def edges(self, sort: bool = True) -> list[Edge]:
+        """Every edge with its (batch-mean) score; sorted by ``|score|``, largest first."""
+        rows, cols = torch.nonzero(self.edge_mask, as_tuple=True)
+        values = self.scores[rows, cols].tolist()
+        out = [
+            Edge(self.nodes[r], self.inputs[c], v)
+            for r, c, v in zip(rows.tolist(), cols.tolist(), values)
+        ]
+        if sort:
+            out.sort(key=lambda e: abs(e.score), reverse=True)
+        return out
+
+    def score(self, upstream: str, input: str) -> float:
+        """The batch-mean score of ``upstream -> input`` (NaN if it is not an edge)."""
+        return float(self.scores[self.upstream.index(upstream), self.inputs.index(input)])
+
+    def _abs_scores(self, per_example: bool) -> Tensor:
+        # [num_nodes - 1, num_inputs], 0 where there is no edge
+        s = self.example_scores.abs().mean(0) if per_example else self.scores.abs()
+        return torch.nan_to_num(s, nan=0.0)
+
+    def out_scores(self, per_example: bool = False) -> Tensor:
+        """``[num_nodes]`` Out(v) = sum of |score| over the edges leaving v (A2A Eq. 2).
+
+        Args:
+            per_example: if true, use the mean over examples of |score| (A2A's Algorithm 1
+                accumulates |Attr| example by example); otherwise |batch-mean score|.
+        """
+        out = torch.zeros(len(self.nodes), dtype=self.scores.dtype, device=self.scores.device)
+        out[:-1] = self._abs_scores(per_example).sum(1)
+        return out
+
+    def in_scores(self, per_example: bool = False) -> Tensor:
+        """``[num_nodes]`` In(v) = sum of |score| over the edges entering v (A2A Eq. 2).
+
+        An input shared by several nodes (see ``input_nodes``) splits its edges' |score| equally
+        among them, so layer totals are the same whatever the input granularity.
+        """
+        per_input = self._abs_scores(per_example).sum(0)  # [num_inputs]
+        index = {name: i for i, name in enumerate(self.nodes)}
+        share = torch.zeros(len(self.inputs), len(self.nodes), dtype=per_input.dtype)
+        for i, readers in enumerate(self.input_nodes):
+            for name in readers:
+                share[i, index[name]] = 1.0 / len(readers)
+        return per_input @ share.to(per_input.device)
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> AttributionGraph:
+        """A copy with every tensor moved to ``device`` / cast to ``dtype``."""
+        move = {
+            name: getattr(self, name).to(device=device, dtype=dtype)
+            for name in ("scores", "example_scores", "metric_clean", "metric_corrupted")
+        }
+        return replace(self, **move)
+
+    def save(self, path: str | Path) -> None:
+        """Write the graph to one ``.safetensors`` file (names and settings in its metadata)."""
+        meta = {
+            "nodes": self.nodes,
+            "node_layers": self.node_layers,
+            "inputs": self.inputs,
+            "input_nodes": self.input_nodes,
+            "steps": self.steps,
+            "architecture": self.architecture,
+            "per_head_inputs": self.per_head_inputs,
+        }
+        tensors = {
+            "scores": self.scores,
+            "example_scores": self.example_scores,
+            "metric_clean": self.metric_clean,
+            "metric_corrupted": self.metric_corrupted,
+        }
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            str(path),
+            metadata={
+                "kind": "attribution_graph",
+                "format_version": str(FORMAT_VERSION),
+                "graph": json.dumps(meta),
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttributionGraph:
+        """Read a graph written by :meth:`save` (unknown metadata keys are ignored)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        if metadata.get("kind") != "attribution_graph":
+            raise ValueError(
+                f"{path} is not an attribution graph (metadata kind = {metadata.get('kind')!r}); "
+                "write graphs with AttributionGraph.save."
+            )
+        meta = json.loads(metadata["graph"])
+        tensors = load_file(str(path))
+        return cls(
+            nodes=list(meta["nodes"]),
+            node_layers=[int(x) for x in meta["node_layers"]],
+            inputs=list(meta["inputs"]),
+            input_nodes=[list(x) for x in meta["input_nodes"]],
+            scores=tensors["scores"],
+            example_scores=tensors["example_scores"],
+            metric_clean=tensors["metric_clean"],
+            metric_corrupted=tensors["metric_corrupted"],
+            steps=int(meta["steps"]),
+            architecture=str(meta["architecture"]),
+            per_head_inputs=bool(meta["per_head_inputs"]),
+        )
+
+    @classmethod
+    def merge(cls, graphs: Sequence[AttributionGraph]) -> AttributionGraph:
+        """One graph for the union of the examples of ``graphs`` (e.g. the batches of a dataset)."""
+        if not graphs:
+            raise ValueError("merge needs at least one graph.")
+        first = graphs[0]
+        for g in graphs[1:]:
+            same = (g.nodes, g.inputs, g.steps, g.architecture) == (
+                first.nodes,
+                first.inputs,
+                first.steps,
+                first.architecture,
+            )
+            if not same:
+                raise ValueError(
+                    "merge: the graphs differ in nodes, inputs, steps or architecture; build "
+                    "them with the same model, per_head_inputs and steps."
+                )
+        example_scores = torch.cat([g.example_scores for g in graphs])
+        return replace(
+            first,
+            scores=example_scores.mean(0),
+            example_scores=example_scores,
+            metric_clean=torch.cat([g.metric_clean for g in graphs]),
+            metric_corrupted=torch.cat([g.metric_corrupted for g in graphs]),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Graph layout: names, layers and read/write stages
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    nodes: list[str]
+    node_layers: list[int]
+    write_stage: list[int]  # per upstream node (nodes[:-1])
+    inputs: list[str]
+    input_nodes: list[list[str]]
+    read_stage: list[int]  # per input
+
+    def edge_mask(self) -> Tensor:
+        """``[num_upstream, num_inputs]`` true where the upstream node writes before v reads."""
+        w = torch.tensor(self.write_stage)[:, None]
+        r = torch.tensor(self.read_stage)[None, :]
+        return w < r
+
+
+def _layout(
+    num_layers: int, num_heads: int, num_kv: int, parallel: bool, per_head: bool
+) -> _Layout:
+    # Stages: the embedding writes at 0; the attention of layer l reads and writes at 2l+1, its
+    # MLP at 2l+2 (2l+1 with a parallel residual); the logits read at 2L+1.
+    nodes, node_layers, write = ["input"], [-1], [0]
+    inputs: list[str] = []
+    input_nodes: list[list[str]] = []
+    read: list[int] = []
+    group = num_heads // num_kv
+    for layer in range(num_layers):
+        attn_stage, mlp_stage = 2 * layer + 1, 2 * layer + (1 if parallel else 2)
+        heads = [f"a{layer}.h{h}" for h in range(num_heads)]
+        nodes += heads + [f"m{layer}"]
+        node_layers += [layer] * (num_heads + 1)
+        write += [attn_stage] * num_heads + [mlp_stage]
+        if per_head:
+            kv_name = "h" if num_kv == num_heads else "kv"
+            attn_inputs = [(f"{h}<q>", [h]) for h in heads]
+            for kind in ("k", "v"):
+                attn_inputs += [
+                    (f"a{layer}.{kv_name}{g}<{kind}>", heads[g * group : (g + 1) * group])
+                    for g in range(num_kv)
+                ]
+        else:
+            attn_inputs = [(f"a{layer}", heads)]
+        for name, readers in attn_inputs:
+            inputs.append(name)
+            input_nodes.append(readers)
+            read.append(attn_stage)
+        inputs.append(f"m{layer}")
+        input_nodes.append([f"m{layer}"])
+        read.append(mlp_stage)
+    nodes.append("logits")
+    node_layers.append(num_layers)
+    inputs.append("logits")
+    input_nodes.append(["logits"])
+    read.append(2 * num_layers + 1)
+    return _Layout(nodes, node_layers, write, inputs, input_nodes, read)
+
+
+def _qkv_rows(
+    layout: QKVLayout, num_heads: int, num_kv: int, head_dim: int
+) -> list[tuple[int, Tensor]]:
+    """For each per-head input in the order of :func:`_layout` (q heads, k heads, v heads): the
+    index of its projection module in ``EapRow.qkv`` and its ``[head_dim]`` output rows."""
+    d = torch.arange(head_dim)
+    out: list[tuple[int, Tensor]] = []
+    for kind, count in ((0, num_heads), (1, num_kv), (2, num_kv)):
+        for h in range(count):
+            if layout == "separate":
+                out.append((kind, h * head_dim + d))
+            elif layout == "gpt2_fused":  # [q heads | k heads | v heads]
+                out.append((0, kind * num_heads * head_dim + h * head_dim + d))
+            else:  # neox_fused: per head [q | k | v]
+                out.append((0, h * 3 * head_dim + kind * head_dim + d))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks
+# --------------------------------------------------------------------------------------------
+
+
+def _first(output: object) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+def _arg0(module: nn.Module, args: tuple, where: str) -> Tensor:
+    if not args:
+        raise RuntimeError(
+            f"eap: {type(module).__name__} ({where}) received its input as a keyword; EAP-IG "
+            "expects it as the first positional argument."
+        )
+    return args[0]
+
+
+@dataclass
+class _Capture:
+    """What one forward call left behind (filled by the hooks of :func:`_probe`)."""
+
+    resid0: Tensor | None = None  # [batch, seq, d_model]
+    attn_z: dict[int, Tensor] = field(default_factory=dict)  # [batch, seq, heads * head_dim]
+    post_norm_in: dict[int, Tensor] = field(default_factory=dict)  # Gemma: [batch, seq, d]
+    post_norm_out: dict[int, Tensor] = field(default_factory=dict)
+    mlp_out: dict[int, Tensor] = field(default_factory=dict)  # [batch, seq, d_model]
+    attn_in: dict[int, Tensor] = field(default_factory=dict)  # pre-norm input copies
+    mlp_in: dict[int, Tensor] = field(default_factory=dict)
+    final_in: Tensor | None = None
+    qkv_out: dict[int, list[Tensor]] = field(default_factory=dict)  # projection outputs
+
+
+@contextmanager
+def _probe(
+    model: nn.Module, mode: Literal["record", "grad"], per_head: bool, resid0: Tensor | None = None
+) -> Iterator[_Capture]:
+    """Hooks for one forward call.
+
+    ``record``: keep (detached) every node output.  ``grad``: replace the residual stream
+    entering layer 0 by ``resid0`` and keep the tensors whose gradients are the input gradients
+    (copies of the pre-norm inputs, or the q/k/v projection outputs for per-head inputs).
+    """
+    cap = _Capture()
+    row = eap_row(model)
+    stack = layers(model)
+    handles = []
+
+    def layer0_hook(module, args, kwargs):
+        if mode == "record":
+            h = args[0] if args else kwargs["hidden_states"]
+            cap.resid0 = h.detach()
+            return None
+        if args:
+            return (resid0, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": resid0}
+
+    def keep_copy(store: dict[int, Tensor], layer: int, where: str):
+        def hook(module, args):
+            x = _arg0(module, args, where).clone()
+            store[layer] = x
+            return (x, *args[1:])
+
+        return hook
+
+    try:
+        handles.append(stack[0].register_forward_pre_hook(layer0_hook, with_kwargs=True))
+        for layer in range(len(stack)):
+            block = stack[layer]
+            if mode == "record":
+                z_module, z_side = site_module(model, layer, "attn_z")
+                mlp_module, mlp_side = site_module(model, layer, "mlp_out")
+                if (z_side, mlp_side) != ("input", "output"):
+                    raise RuntimeError(
+                        "eap expects attn_z on the input side of the output projection and "
+                        f"mlp_out on a module's output side; the sites table has {z_side!r} and "
+                        f"{mlp_side!r}. Update interventions.eap._probe with the table."
+                    )
+                handles.append(
+                    z_module.register_forward_pre_hook(
+                        lambda m, a, i=layer: cap.attn_z.__setitem__(
+                            i, _arg0(m, a, f"layer {i} attn_z").detach()
+                        )
+                    )
+                )
+                handles.append(
+                    mlp_module.register_forward_hook(
+                        lambda m, a, o, i=layer: cap.mlp_out.__setitem__(i, _first(o).detach())
+                    )
+                )
+                if row.attn_post_norm is not None:
+                    post = block.get_submodule(row.attn_post_norm)
+
+                    def post_hook(m, a, o, i=layer):
+                        cap.post_norm_in[i] = a[0].detach()
+                        cap.post_norm_out[i] = _first(o).detach()
+
+                    handles.append(post.register_forward_hook(post_hook))
+                continue
+            attn_norm = block.get_submodule(row.attn_norm)
+            if per_head:
+                handles.append(
+                    attn_norm.register_forward_pre_hook(
+                        lambda m, a, i=layer: cap.attn_in.__setitem__(i, a[0].detach())
+                    )
+                )
+                paths = row.qkv or ()
+                cap.qkv_out[layer] = [None] * len(paths)  # type: ignore[list-item]
+                for j, path in enumerate(paths):
+
+                    def qkv_hook(m, a, o, i=layer, j=j):
+                        cap.qkv_out[i][j] = _first(o)
+
+                    handles.append(block.get_submodule(path).register_forward_hook(qkv_hook))
+            else:
+                handles.append(
+                    attn_norm.register_forward_pre_hook(
+                        keep_copy(cap.attn_in, layer, f"layer {layer} {row.attn_norm}")
+                    )
+                )
+            mlp_norm = block.get_submodule(row.mlp_norm)
+            handles.append(
+                mlp_norm.register_forward_pre_hook(
+                    keep_copy(cap.mlp_in, layer, f"layer {layer} {row.mlp_norm}")
+                )
+            )
+        if mode == "grad":
+            final = model.get_submodule(row.final_norm)
+
+            def final_hook(module, args):
+                x = _arg0(module, args, row.final_norm).clone()
+                cap.final_in = x
+                return (x, *args[1:])
+
+            handles.append(final.register_forward_pre_hook(final_hook))
+        yield cap
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# EAP-IG
+# --------------------------------------------------------------------------------------------
+
+
+def logit_difference(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    target_ids: Tensor,
+    foil_ids: Tensor,
+) -> Tensor:
+    """``[batch]`` logit(target) - logit(foil) at each row's last real token.
+
+    Position ids are counted on real tokens, so the padding side does not change the result
+    (see :func:`interventions.hooks.last_token_logits`).
+    """
+    last = last_token_logits(model, input_ids, attention_mask)  # [batch, vocab]
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    return last[rows, target_ids] - last[rows, foil_ids]
+
+
+def _as_ids(x: Tensor | Sequence[int], batch: int, name: str, device: torch.device) -> Tensor:
+    t = torch.as_tensor(x, device=device).long().reshape(-1)
+    if t.numel() != batch:
+        raise ValueError(
+            f"{name} must hold one token id per example ({batch}), got shape "
+            f"{tuple(torch.as_tensor(x).shape)}."
+        )
+    return t
+
+
+def _align_pairs(
+    clean_ids: Tensor, corrupted_ids: Tensor, clean_mask: Tensor, corrupted_mask: Tensor
+) -> Tensor:
+    """``corrupted_ids`` laid out on ``clean_mask``'s columns (same real-token count per row)."""
+    if clean_ids.dim() != 2 or corrupted_ids.dim() != 2:
+        raise ValueError(
+            "clean_ids and corrupted_ids must be [batch, seq] token ids, got shapes "
+            f"{tuple(clean_ids.shape)} and {tuple(corrupted_ids.shape)}."
+        )
+    if clean_ids.shape[0] != corrupted_ids.shape[0]:
+        raise ValueError(
+            f"clean_ids has {clean_ids.shape[0]} rows but corrupted_ids has "
+            f"{corrupted_ids.shape[0]}; pass one corrupted prompt per clean prompt."
+        )
+    for ids, mask, name in (
+        (clean_ids, clean_mask, "clean"),
+        (corrupted_ids, corrupted_mask, "corrupted"),
+    ):
+        if mask.shape != ids.shape:
+            raise ValueError(
+                f"The {name} attention mask has shape {tuple(mask.shape)} but the {name} ids "
+                f"have shape {tuple(ids.shape)}."
+            )
+    n_clean, n_corr = clean_mask.sum(1), corrupted_mask.sum(1)
+    bad = torch.nonzero(n_clean != n_corr).flatten().tolist()
+    if bad:
+        i = bad[0]
+        raise ValueError(
+            f"Clean and corrupted prompts must have the same number of real tokens, but example "
+            f"{i} has {int(n_clean[i])} clean and {int(n_corr[i])} corrupted tokens "
+            f"({len(bad)} example(s) differ: {bad[:10]}). EAP-IG compares activations position "
+            "by position: rephrase or re-tokenise the pairs so their lengths match."
+        )
+    if bool((n_clean == 0).any()):
+        raise ValueError("Every example needs at least one real token (a row of the mask is 0).")
+    aligned = clean_ids.clone()
+    aligned[clean_mask] = corrupted_ids[corrupted_mask].to(aligned.device)
+    return aligned
+
+
+def eap_ig(
+    model: nn.Module,
+    clean_ids: Tensor,
+    corrupted_ids: Tensor,
+    target_ids: Tensor | Sequence[int],
+    foil_ids: Tensor | Sequence[int],
+    *,
+    clean_mask: Tensor | None = None,
+    corrupted_mask: Tensor | None = None,
+    steps: int = 5,
+    per_head_inputs: bool = False,
+    progress: bool = False,
+) -> AttributionGraph:
+    """Score every edge of ``model``'s attribution graph with EAP-IG (A2A Eq. 1).
+
+    Args:
+        model: a Hugging Face causal LM in the sites table, in eval mode.
+        clean_ids: ``[batch, seq]`` token ids of the clean prompts (x+).
+        corrupted_ids: ``[batch, seq']`` token ids of the corrupted prompts (x-); each must have
+            as many real tokens as its clean prompt (padding side and width may differ).
+        target_ids: ``[batch]`` the token whose logit the clean prompt raises (y+).
+        foil_ids: ``[batch]`` the contrasting token (y-); L = logit(target) - logit(foil) at
+            the last real token.
+        clean_mask: ``[batch, seq]`` attention mask of the clean prompts (1 = real token);
+            ``None`` = no padding.
+        corrupted_mask: ``[batch, seq']`` attention mask of the corrupted prompts; ``None`` =
+            ``clean_mask`` if the shapes agree, else no padding.
+        steps: number m of integration steps (the path points are k/m, k = 1..m).
+        per_head_inputs: score each head's q/k/v input separately (EAP-IG's graph) instead of
+            the block-level attention input.
+        progress: show a tqdm bar over the integration steps.
+
+    Returns:
+        The :class:`AttributionGraph` with batch-mean and per-example scores.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"steps must be a positive integer (the number m of IG steps), got {steps!r}."
+        )
+    if torch.is_inference_mode_enabled():
+        raise ValueError(
+            "eap_ig needs gradients but was called under torch.inference_mode(); call it outside "
+            "(in Lightning, build the Trainer with inference_mode=False)."
+        )
+    if model.training:
+        raise ValueError("eap_ig needs the model in eval mode (dropout off): call model.eval().")
+    row = eap_row(model)
+    if per_head_inputs and row.qkv is None:
+        raise ValueError(
+            f"Per-head q/k/v inputs are not available for {model.config.model_type!r}: its "
+            "EapRow names no q/k/v projections. Call eap_ig(..., per_head_inputs=False) to score "
+            "block-level attention inputs."
+        )
+    dims = model_dims(model)
+    num_kv = _num_kv_heads(model, dims.num_heads)
+    parallel = row.parallel_residual(model.config)
+    device = next(model.parameters()).device
+
+    clean_ids = clean_ids.to(device)
+    corrupted_ids = corrupted_ids.to(device)
+    if clean_mask is None:
+        clean_mask = torch.ones_like(clean_ids)
+    if corrupted_mask is None:
+        same = corrupted_ids.shape == clean_ids.shape
+        corrupted_mask = clean_mask if same else torch.ones_like(corrupted_ids)
+    clean_mask = clean_mask.to(device).bool()
+    corrupted_mask = corrupted_mask.to(device).bool()
+    corrupted_ids = _align_pairs(clean_ids, corrupted_ids, clean_mask, corrupted_mask)
+    batch = clean_ids.shape[0]
+    target = _as_ids(target_ids, batch, "target_ids", device)
+    foil = _as_ids(foil_ids, batch, "foil_ids", device)
+    mask = clean_mask.long()
+
+    layout = _layout(dims.num_layers, dims.num_heads, num_kv, parallel, per_head_inputs)
+
+    # 1. Node outputs on the clean and corrupted prompts.
+    with torch.no_grad():
+        with _probe(model, "record", per_head_inputs) as clean:
+            metric_clean = logit_difference(model, clean_ids, mask, target, foil)
+        with _probe(model, "record", per_head_inputs) as corrupted:
+            metric_corrupted = logit_difference(model, corrupted_ids, mask, target, foil)
+        delta = _node_output_difference(model, row, dims.num_heads, clean, corrupted)
+        delta = delta * clean_mask[None, :, :, None]  # [upstream, batch, seq, d_model]
+
+    # 2. Input gradients averaged along the path corrupted -> clean (k/m, k = 1..m).
+    assert clean.resid0 is not None and corrupted.resid0 is not None
+    grad_sum = torch.zeros(
+        len(layout.inputs), *clean.resid0.shape, dtype=torch.float32, device=device
+    )  # [inputs, batch, seq, d_model]
+    qkv_rows = _qkv_rows(row.qkv_layout, dims.num_heads, num_kv, dims.head_dim)
+    with torch.enable_grad():
+        for k in tqdm(range(1, steps + 1), desc="EAP-IG", disable=not progress):
+            alpha = k / steps
+            resid0 = corrupted.resid0 + alpha * (clean.resid0 - corrupted.resid0)
+            resid0 = resid0.detach().requires_grad_(True)
+            with _probe(model, "grad", per_head_inputs, resid0) as cap:
+                metric = logit_difference(model, clean_ids, mask, target, foil)
+            grad_sum += _input_gradients(model, row, cap, metric, qkv_rows)
+
+    # 3. All edge scores at once: [batch, upstream, inputs].
+    example_scores = torch.einsum("ubsd,vbsd->buv", delta, grad_sum) / steps
+    no_edge = ~layout.edge_mask().to(device)
+    example_scores = example_scores.masked_fill(no_edge, float("nan"))
+    return AttributionGraph(
+        nodes=layout.nodes,
+        node_layers=layout.node_layers,
+        inputs=layout.inputs,
+        input_nodes=layout.input_nodes,
+        scores=example_scores.mean(0),
+        example_scores=example_scores,
+        metric_clean=metric_clean.float(),
+        metric_corrupted=metric_corrupted.float(),
+        steps=steps,
+        architecture=str(model.config.model_type),
+        per_head_inputs=per_head_inputs,
+    )
+
+
+def _head_outputs(
+    model: nn.Module, row: EapRow, layer: int, num_heads: int, cap: _Capture
+) -> Tensor:
+    """``[heads, batch, seq, d_model]`` what each head of ``layer`` adds to the residual stream
+    (bias excluded; Gemma: linearised through the post-attention norm, see the module doc)."""
+    o_proj, _ = site_module(model, layer, "attn_z")
+    w = _weight_out_in(o_proj).float()  # [d_model, heads * head_dim]
+    z = cap.attn_z[layer].float()  # [batch, seq, heads * head_dim]
+    batch, seq, _ = z.shape
+    heads = torch.einsum(
+        "bshk,dhk->hbsd", z.view(batch, seq, num_heads, -1), w.view(w.shape[0], num_heads, -1)
+    )
+    if row.attn_post_norm is None:
+        return heads
+    norm = layers(model)[layer].get_submodule(row.attn_post_norm)
+    o = cap.post_norm_in[layer].float()  # [batch, seq, d_model]
+    scale = torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + norm.eps) * (1.0 + norm.weight.float())
+    heads = heads * scale
+    # The linearisation must reproduce the block output exactly (up to the o_proj bias).
+    total = heads.sum(0)
+    if o_proj.bias is not None:
+        total = total + o_proj.bias.float() * scale
+    expected = cap.post_norm_out[layer].float()
+    tol = max(1e-3, 4 * torch.finfo(cap.post_norm_out[layer].dtype).eps)  # model dtype rounding
+    if not torch.allclose(total, expected, rtol=tol, atol=tol * float(expected.abs().max())):
+        raise RuntimeError(
+            f"Layer {layer}: linearising {row.attn_post_norm} as x * rsqrt(mean(x^2) + eps) * "
+            "(1 + weight) does not reproduce its output; this norm is not Gemma-style. Add a "
+            "linearisation for it in interventions.eap._head_outputs."
+        )
+    return heads
+
+
+def _node_output_difference(
+    model: nn.Module, row: EapRow, num_heads: int, clean: _Capture, corrupted: _Capture
+) -> Tensor:
+    """``[num_upstream, batch, seq, d_model]`` z_u(clean) - z_u(corrupted) in float32, in layout
+    order."""
+    assert clean.resid0 is not None and corrupted.resid0 is not None
+    parts = [(clean.resid0.float() - corrupted.resid0.float())[None]]
+    for layer in range(len(layers(model))):
+        parts.append(
+            _head_outputs(model, row, layer, num_heads, clean)
+            - _head_outputs(model, row, layer, num_heads, corrupted)
+        )
+        parts.append((clean.mlp_out[layer].float() - corrupted.mlp_out[layer].float())[None])
+    return torch.cat(parts)
+
+
+def _input_gradients(
+    model: nn.Module,
+    row: EapRow,
+    cap: _Capture,
+    metric: Tensor,
+    qkv_rows: list[tuple[int, Tensor]],
+) -> Tensor:
+    """``[num_inputs, batch, seq, d_model]`` dL/d in_v for every input, in layout order.
+
+    Examples are independent, so one backward of ``metric.sum()`` gives every row's gradient.
+    """
+    num_layers = len(layers(model))
+    per_head = bool(cap.qkv_out)
+    wanted: list[Tensor] = []
+    for layer in range(num_layers):
+        wanted += cap.qkv_out[layer] if per_head else [cap.attn_in[layer]]
+        wanted.append(cap.mlp_in[layer])
+    assert cap.final_in is not None
+    wanted.append(cap.final_in)
+    grads = torch.autograd.grad(metric.sum(), wanted, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wanted, grads)]
+
+    out: list[Tensor] = []
+    i = 0
+    for layer in range(num_layers):
+        if per_head:
+            block = layers(model)[layer]
+            modules = [block.get_submodule(p) for p in row.qkv or ()]
+            n = len(modules)
+            out.append(
+                _per_head_input_grads(
+                    block.get_submodule(row.attn_norm),
+                    cap.attn_in[layer],
+                    grads[i : i + n],
+                    [_weight_out_in(m) for m in modules],
+                    qkv_rows,
+                )
+            )
+            i += n
+        else:
+            out.append(grads[i][None])
+            i += 1
+        out.append(grads[i][None])
+        i += 1
+    out.append(grads[i][None])
+    return torch.cat([g.float() for g in out])
+
+
+def _per_head_input_grads(
+    norm: nn.Module,
+    x: Tensor,
+    proj_grads: Sequence[Tensor],
+    weights: Sequence[Tensor],
+    rows: list[tuple[int, Tensor]],
+) -> Tensor:
+    """``[num_head_inputs, batch, seq, d_model]`` gradient at each head's private copy of the
+    residual stream: its rows of dL/d(projection output) times its rows of the weight give the
+    cotangent at the pre-norm's output; the pre-norm's VJP at ``x`` maps it to its input.
+
+    Args:
+        norm: the attention pre-norm.
+        x: ``[batch, seq, d_model]`` its input.
+        proj_grads: per projection module, ``[batch, seq, out_features]`` dL/d output.
+        weights: per projection module, ``[out_features, d_model]``.
+        rows: per head input, (module index, ``[head_dim]`` output rows).
+    """
+    cotangents = []  # each [n, batch, seq, d_model]
+    for m, (g, w) in enumerate(zip(proj_grads, weights)):
+        idx = torch.stack([r for mod, r in rows if mod == m]).to(g.device)  # [n, head_dim]
+        cotangents.append(torch.einsum("bsnk,nkd->nbsd", g[..., idx], w[idx]))
+    # _qkv_rows lists q heads, then k heads, then v heads; they map to modules 0, 1, 2 (separate
+    # projections) or all to module 0 (fused), so concatenating per module keeps that order.
+    c = torch.cat(cotangents)  # [num_head_inputs, batch, seq, d_model]
+    n = c.shape[0]
+    with torch.enable_grad():
+        xs = x.detach().unsqueeze(0).expand(n, *x.shape).reshape(n * x.shape[0], *x.shape[1:])
+        xs = xs.clone().requires_grad_(True)
+        y = norm.forward(xs)  # .forward: bypass the hooks
+        (g,) = torch.autograd.grad(y, xs, c.reshape(xs.shape).to(y.dtype))
+    return g.reshape(n, *x.shape)
