@@ -92,6 +92,27 @@ def _distinct_prompts(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor
     return distinct[:, : ids.shape[1]], distinct[:, ids.shape[1] :], copy_of
 
 
+def _run_prompts(model: nn.Module, ids: Tensor, mask: Tensor, share: bool) -> tuple[Tensor, Any]:
+    """Run left-padded prompts ``[R, T]``; with ``share``, each distinct one once.
+
+    Returns ``(logits at each row's last column [R, vocab], key/value cache with R rows)``.
+    """
+    shared = _distinct_prompts(ids, mask) if share else None
+    run_ids, run_mask = (ids, mask) if shared is None else shared[:2]
+    out = model(
+        input_ids=run_ids,
+        attention_mask=run_mask,
+        position_ids=position_ids(run_mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits, cache = out.logits[:, -1], out.past_key_values  # [U or R, vocab]
+    if shared is not None:
+        cache.reorder_cache(shared[2])  # [U] -> [R] rows
+        logits = logits[shared[2]]
+    return logits, cache
+
+
 def _continuation_logprob(
     prompt_logits: Tensor, cont_logits: Tensor, cont_ids: Tensor, cont_mask: Tensor
 ) -> Tensor:
@@ -146,18 +167,7 @@ def prompt_prefix(model: nn.Module, batch: dict[str, Tensor]) -> PromptPrefix | 
     if prompt_ids.shape[1] < 2 or not bool((prompt_mask.sum(1) >= 2).all()):
         return None
     ids, mask = prompt_ids[:, :-1], prompt_mask[:, :-1]  # left padded: drops each last token
-    shared = _distinct_prompts(ids, mask)
-    run_ids, run_mask = (ids, mask) if shared is None else shared[:2]
-    out = model(
-        input_ids=run_ids,
-        attention_mask=run_mask,
-        position_ids=position_ids(run_mask),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = out.past_key_values
-    if shared is not None:
-        cache.reorder_cache(shared[2])  # [U] -> [R] rows
+    _, cache = _run_prompts(model, ids, mask, share=True)
     return PromptPrefix(cache=cache, mask=mask)
 
 
@@ -215,30 +225,17 @@ def choice_logprobs(
 
     # Run each distinct prompt once and copy its key/value cache to the rows of its choices
     # (not with per-row betas, which could differ).
-    shared = None
-    if not (isinstance(beta, Tensor) and beta.numel() > 1):
-        shared = _distinct_prompts(prompt_ids, prompt_mask)
-    run_ids, run_mask = (prompt_ids, prompt_mask) if shared is None else shared[:2]
+    # With shared prompts the continuation call below has another batch size than the prompt
+    # call, which attach() takes as "the prompt ran before": its first token is after the
+    # prompt's last one, so "last" positions are the same as without sharing.
+    share = not (isinstance(beta, Tensor) and beta.numel() > 1)
     with context:
-        prompt_out = model(
-            input_ids=run_ids,
-            attention_mask=run_mask,
-            position_ids=position_ids(run_mask),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        prompt_logits = prompt_out.logits[:, -1]  # [U or R, vocab]
-        if shared is not None:
-            # [U] -> [R] rows; the continuation call below then has another batch size than the
-            # prompt call, which attach() takes as "the prompt ran before": its first token is
-            # after the prompt's last one, so "last" positions are the same as without sharing.
-            prompt_out.past_key_values.reorder_cache(shared[2])
-            prompt_logits = prompt_logits[shared[2]]
+        prompt_logits, cache = _run_prompts(model, prompt_ids, prompt_mask, share)
         cont_out = model(
             input_ids=cont_ids,
             attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),  # [R, Tp + Tc]
             position_ids=cont_positions,
-            past_key_values=prompt_out.past_key_values,
+            past_key_values=cache,
             use_cache=True,
         )
     total = _continuation_logprob(prompt_logits, cont_out.logits, cont_ids, cont_mask)
