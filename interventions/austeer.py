@@ -42,9 +42,10 @@ from interventions.edits import EDITS, EditState, PointEdit
 from interventions.hooks import PositionContext, attach, last_token_index, position_ids
 from interventions.multiple_choice import (
     MultipleChoiceAccuracy,
-    evaluate_accuracy,
     evaluate_many,
+    leaves_prefix_alone,
     predict_choices,
+    prompt_prefix,
 )
 from interventions.sites import ModelDims, check_layer, check_site, model_dims
 
@@ -765,9 +766,6 @@ class AUSteerModule(FrozenBackbone, LightningModule):
         alphas = [h.alpha] if h.alpha is not None else list(h.alpha_grid)
         return [{"k": int(k), "alpha": float(a)} for k in ks for a in alphas]
 
-    def accuracy(self, loader: Any, edit: PointEdit | None = None, beta: float = 1.0) -> float:
-        return evaluate_accuracy(self.model, loader, self.hparams.normalize, edit, beta)
-
     def search(self, loader: Any) -> dict[str, Any]:
         """Try every setting of :meth:`grid` on ``loader``; keep the best (ties: the first, i.e.
         the smallest k and alpha).  The unedited accuracy is kept as ``search_vanilla``.
@@ -799,9 +797,12 @@ class AUSteerModule(FrozenBackbone, LightningModule):
     def _eval_step(self, batch: dict[str, Tensor], steered: Any, vanilla: Any) -> None:
         norm = self.hparams.normalize
         gold = batch["gold"]
-        vanilla.update(predict_choices(self.model, batch, normalize=norm).cpu(), gold.cpu())
+        # with a steered pass too, the unedited prompt prefix runs once for both (as in search)
+        share = self.edit is not None and leaves_prefix_alone(self.edit)
+        prefix = prompt_prefix(self.model, batch) if share else None
+        vanilla.update(predict_choices(self.model, batch, norm, prefix=prefix).cpu(), gold.cpu())
         if self.edit is not None:
-            pred = predict_choices(self.model, batch, norm, self.edit, self.beta)
+            pred = predict_choices(self.model, batch, norm, self.edit, self.beta, prefix)
             steered.update(pred.cpu(), gold.cpu())
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -380,7 +380,7 @@ def evaluate_many(
     finally:
         model.train(was_training)
     if int(metrics[0].total) == 0:
-        raise ValueError("evaluate_accuracy: the loader yielded no items")
+        raise ValueError("multiple-choice evaluation: the loader yielded no items")
     return [float(metric.compute()) for metric in metrics]
 
 

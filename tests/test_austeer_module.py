@@ -90,6 +90,16 @@ def test_ablations_build_their_edits(method, tiny_backbone_dir, tmp_path):
         assert module.edit.num_steered() >= 1
 
 
+def test_trainer_test_logs_the_accuracies_of_the_run(tiny_backbone_dir, tmp_path):
+    """``trainer.test`` (test_step, sharing the prompt prefix between the vanilla and the
+    steered pass) logs the same accuracies as the end-of-fit evaluation wrote."""
+    cli = _fit("configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    (logged,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert logged["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
+    assert logged["test/accuracy_vanilla"] == pytest.approx(metrics["test/accuracy_vanilla"])
+
+
 def test_checkpoint_restores_the_chosen_edit(tiny_backbone_dir, tmp_path):
     from interventions.austeer import AUSteerModule
 
