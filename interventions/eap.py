@@ -52,15 +52,18 @@ vector-Jacobian product maps it back to the residual stream.  This works for sep
 passes on interpolated embeddings (all input gradients at once); every edge score is then one
 contraction ``[upstream, pos * d_model] @ [pos * d_model, inputs]`` per example.
 
-The model is read through :mod:`interventions.sites` (layers, ``attn_z``, ``attn_out``,
-``mlp_out``); the few extra module paths EAP-IG needs (pre-norms, final norm, q/k/v projections)
-sit in :data:`EAP_ROWS`, keyed by the sites table's family.
+The model is read only through :mod:`interventions.sites`: the layers and the ``attn_z`` and
+``mlp_out`` sites for node outputs; the row's :class:`~interventions.sites.Norms` (pre-norms, final
+norm, Gemma's attention post-norm), :class:`~interventions.sites.QKVProjections` (per-head inputs)
+and ``parallel_residual`` for inputs and edges; :class:`~interventions.sites.ModelDims` for the
+numbers of heads and key-value heads.  A new architecture therefore needs only its row in
+:data:`interventions.sites.ARCHITECTURES`; a row with ``qkv=None`` supports block-level inputs only.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,88 +76,13 @@ from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from interventions.hooks import last_token_logits
-from interventions.sites import arch_row, layers, model_dims, site_module
+from interventions.sites import ArchRow, QKVProjections, arch_row, layers, model_dims, site_module
 
 FORMAT_VERSION = 1
 
 # --------------------------------------------------------------------------------------------
-# Per-family module paths that the sites table does not (yet) name
+# Model access helpers (everything per-family comes from interventions.sites)
 # --------------------------------------------------------------------------------------------
-
-QKVLayout = Literal["separate", "gpt2_fused", "neox_fused"]
-
-
-@dataclass(frozen=True)
-class EapRow:
-    """Where EAP-IG reads a model family's residual-stream inputs.
-
-    Attributes:
-        attn_norm: path (in a layer) of the attention pre-norm.
-        mlp_norm: path (in a layer) of the MLP pre-norm.
-        final_norm: path (in the model) of the norm before the unembedding.
-        qkv: paths (in a layer) of the query/key/value projections: three modules for
-            ``"separate"``, one fused module otherwise; ``None`` = per-head inputs unsupported.
-        qkv_layout: how heads are laid out in the projection outputs.
-        attn_post_norm: path of a norm applied to the attention output before the residual add
-            (Gemma 2/3), or ``None``.
-        parallel_residual: reads from the config whether attention and MLP of a layer read the
-            same residual stream.
-    """
-
-    attn_norm: str
-    mlp_norm: str
-    final_norm: str
-    qkv: tuple[str, ...] | None
-    qkv_layout: QKVLayout
-    attn_post_norm: str | None = None
-    parallel_residual: Callable[[object], bool] = field(default=lambda cfg: False)
-
-
-EAP_ROWS: dict[str, EapRow] = {
-    "gpt2": EapRow(
-        attn_norm="ln_1",
-        mlp_norm="ln_2",
-        final_norm="transformer.ln_f",
-        qkv=("attn.c_attn",),
-        qkv_layout="gpt2_fused",
-    ),
-    "gpt_neox": EapRow(
-        attn_norm="input_layernorm",
-        mlp_norm="post_attention_layernorm",
-        final_norm="gpt_neox.final_layer_norm",
-        qkv=("attention.query_key_value",),
-        qkv_layout="neox_fused",
-        parallel_residual=lambda cfg: bool(getattr(cfg, "use_parallel_residual", False)),
-    ),
-    "llama": EapRow(
-        attn_norm="input_layernorm",
-        mlp_norm="post_attention_layernorm",
-        final_norm="model.norm",
-        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        qkv_layout="separate",
-    ),
-    "gemma": EapRow(
-        attn_norm="input_layernorm",
-        mlp_norm="pre_feedforward_layernorm",
-        final_norm="model.norm",
-        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        qkv_layout="separate",
-        attn_post_norm="post_attention_layernorm",
-    ),
-}
-"""EAP-IG module paths per family of :data:`interventions.sites.ARCHITECTURES`."""
-
-
-def eap_row(model: nn.Module) -> EapRow:
-    """The :data:`EAP_ROWS` entry of ``model``'s family, or a clear error."""
-    family = arch_row(model).family
-    if family not in EAP_ROWS:
-        raise ValueError(
-            f"EAP-IG does not know the module paths of family {family!r} "
-            f"(model_type {model.config.model_type!r}); add an EapRow to "
-            "interventions.eap.EAP_ROWS."
-        )
-    return EAP_ROWS[family]
 
 
 def _weight_out_in(module: nn.Module) -> Tensor:
@@ -164,10 +92,6 @@ def _weight_out_in(module: nn.Module) -> Tensor:
     if isinstance(module, Conv1D):
         return module.weight.t()
     raise TypeError(f"Expected nn.Linear or Conv1D, got {type(module).__name__}.")
-
-
-def _num_kv_heads(model: nn.Module, num_heads: int) -> int:
-    return int(getattr(model.config, "num_key_value_heads", None) or num_heads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,20 +360,15 @@ def _layout(
 
 
 def _qkv_rows(
-    layout: QKVLayout, num_heads: int, num_kv: int, head_dim: int
+    qkv: QKVProjections, num_heads: int, num_kv: int, head_dim: int
 ) -> list[tuple[int, Tensor]]:
     """For each per-head input in the order of :func:`_layout` (q heads, k heads, v heads): the
-    index of its projection module in ``EapRow.qkv`` and its ``[head_dim]`` output rows."""
-    d = torch.arange(head_dim)
+    index of its projection module in ``qkv.paths`` and its ``[head_dim]`` output rows."""
     out: list[tuple[int, Tensor]] = []
-    for kind, count in ((0, num_heads), (1, num_kv), (2, num_kv)):
+    for kind, count in (("q", num_heads), ("k", num_kv), ("v", num_kv)):
         for h in range(count):
-            if layout == "separate":
-                out.append((kind, h * head_dim + d))
-            elif layout == "gpt2_fused":  # [q heads | k heads | v heads]
-                out.append((0, kind * num_heads * head_dim + h * head_dim + d))
-            else:  # neox_fused: per head [q | k | v]
-                out.append((0, h * 3 * head_dim + kind * head_dim + d))
+            module, rows = qkv.head_rows(kind, h, num_heads, num_kv, head_dim)
+            out.append((module, torch.tensor(rows)))
     return out
 
 
@@ -497,7 +416,7 @@ def _probe(
     (copies of the pre-norm inputs, or the q/k/v projection outputs for per-head inputs).
     """
     cap = _Capture()
-    row = eap_row(model)
+    row = arch_row(model)
     stack = layers(model)
     handles = []
 
@@ -543,8 +462,8 @@ def _probe(
                         lambda m, a, o, i=layer: cap.mlp_out.__setitem__(i, _first(o).detach())
                     )
                 )
-                if row.attn_post_norm is not None:
-                    post = block.get_submodule(row.attn_post_norm)
+                if row.norms.attn_post is not None:
+                    post = block.get_submodule(row.norms.attn_post)
 
                     def post_hook(m, a, o, i=layer):
                         cap.post_norm_in[i] = a[0].detach()
@@ -552,14 +471,14 @@ def _probe(
 
                     handles.append(post.register_forward_hook(post_hook))
                 continue
-            attn_norm = block.get_submodule(row.attn_norm)
+            attn_norm = block.get_submodule(row.norms.attn)
             if per_head:
                 handles.append(
                     attn_norm.register_forward_pre_hook(
                         lambda m, a, i=layer: cap.attn_in.__setitem__(i, a[0].detach())
                     )
                 )
-                paths = row.qkv or ()
+                paths = row.qkv.paths if row.qkv is not None else ()
                 cap.qkv_out[layer] = [None] * len(paths)  # type: ignore[list-item]
                 for j, path in enumerate(paths):
 
@@ -570,20 +489,20 @@ def _probe(
             else:
                 handles.append(
                     attn_norm.register_forward_pre_hook(
-                        keep_copy(cap.attn_in, layer, f"layer {layer} {row.attn_norm}")
+                        keep_copy(cap.attn_in, layer, f"layer {layer} {row.norms.attn}")
                     )
                 )
-            mlp_norm = block.get_submodule(row.mlp_norm)
+            mlp_norm = block.get_submodule(row.norms.mlp)
             handles.append(
                 mlp_norm.register_forward_pre_hook(
-                    keep_copy(cap.mlp_in, layer, f"layer {layer} {row.mlp_norm}")
+                    keep_copy(cap.mlp_in, layer, f"layer {layer} {row.norms.mlp}")
                 )
             )
         if mode == "grad":
-            final = model.get_submodule(row.final_norm)
+            final = model.get_submodule(row.norms.final)
 
             def final_hook(module, args):
-                x = _arg0(module, args, row.final_norm).clone()
+                x = _arg0(module, args, row.norms.final).clone()
                 cap.final_in = x
                 return (x, *args[1:])
 
@@ -712,15 +631,16 @@ def eap_ig(
         )
     if model.training:
         raise ValueError("eap_ig needs the model in eval mode (dropout off): call model.eval().")
-    row = eap_row(model)
+    row = arch_row(model)
     if per_head_inputs and row.qkv is None:
         raise ValueError(
-            f"Per-head q/k/v inputs are not available for {model.config.model_type!r}: its "
-            "EapRow names no q/k/v projections. Call eap_ig(..., per_head_inputs=False) to score "
-            "block-level attention inputs."
+            f"Per-head q/k/v inputs are not available for {model.config.model_type!r}: its row "
+            f"({row.family!r}) in interventions.sites.ARCHITECTURES names no q/k/v projections "
+            "(qkv=None). Call eap_ig(..., per_head_inputs=False) to score block-level attention "
+            "inputs, or add a QKVProjections to the row."
         )
     dims = model_dims(model)
-    num_kv = _num_kv_heads(model, dims.num_heads)
+    num_kv = dims.num_kv_heads or dims.num_heads
     parallel = row.parallel_residual(model.config)
     device = next(model.parameters()).device
 
@@ -755,7 +675,9 @@ def eap_ig(
     grad_sum = torch.zeros(
         len(layout.inputs), *clean.resid0.shape, dtype=torch.float32, device=device
     )  # [inputs, batch, seq, d_model]
-    qkv_rows = _qkv_rows(row.qkv_layout, dims.num_heads, num_kv, dims.head_dim)
+    qkv_rows = (
+        _qkv_rows(row.qkv, dims.num_heads, num_kv, dims.head_dim) if row.qkv is not None else []
+    )
     with torch.enable_grad():
         for k in tqdm(range(1, steps + 1), desc="EAP-IG", disable=not progress):
             alpha = k / steps
@@ -785,7 +707,7 @@ def eap_ig(
 
 
 def _head_outputs(
-    model: nn.Module, row: EapRow, layer: int, num_heads: int, cap: _Capture
+    model: nn.Module, row: ArchRow, layer: int, num_heads: int, cap: _Capture
 ) -> Tensor:
     """``[heads, batch, seq, d_model]`` what each head of ``layer`` adds to the residual stream
     (bias excluded; Gemma: linearised through the post-attention norm, see the module doc)."""
@@ -796,9 +718,9 @@ def _head_outputs(
     heads = torch.einsum(
         "bshk,dhk->hbsd", z.view(batch, seq, num_heads, -1), w.view(w.shape[0], num_heads, -1)
     )
-    if row.attn_post_norm is None:
+    if row.norms.attn_post is None:
         return heads
-    norm = layers(model)[layer].get_submodule(row.attn_post_norm)
+    norm = layers(model)[layer].get_submodule(row.norms.attn_post)
     o = cap.post_norm_in[layer].float()  # [batch, seq, d_model]
     scale = torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + norm.eps) * (1.0 + norm.weight.float())
     heads = heads * scale
@@ -810,7 +732,7 @@ def _head_outputs(
     tol = max(1e-3, 4 * torch.finfo(cap.post_norm_out[layer].dtype).eps)  # model dtype rounding
     if not torch.allclose(total, expected, rtol=tol, atol=tol * float(expected.abs().max())):
         raise RuntimeError(
-            f"Layer {layer}: linearising {row.attn_post_norm} as x * rsqrt(mean(x^2) + eps) * "
+            f"Layer {layer}: linearising {row.norms.attn_post} as x * rsqrt(mean(x^2) + eps) * "
             "(1 + weight) does not reproduce its output; this norm is not Gemma-style. Add a "
             "linearisation for it in interventions.eap._head_outputs."
         )
@@ -818,7 +740,7 @@ def _head_outputs(
 
 
 def _node_output_difference(
-    model: nn.Module, row: EapRow, num_heads: int, clean: _Capture, corrupted: _Capture
+    model: nn.Module, row: ArchRow, num_heads: int, clean: _Capture, corrupted: _Capture
 ) -> Tensor:
     """``[num_upstream, batch, seq, d_model]`` z_u(clean) - z_u(corrupted) in float32, in layout
     order."""
@@ -835,7 +757,7 @@ def _node_output_difference(
 
 def _input_gradients(
     model: nn.Module,
-    row: EapRow,
+    row: ArchRow,
     cap: _Capture,
     metric: Tensor,
     qkv_rows: list[tuple[int, Tensor]],
@@ -860,11 +782,11 @@ def _input_gradients(
     for layer in range(num_layers):
         if per_head:
             block = layers(model)[layer]
-            modules = [block.get_submodule(p) for p in row.qkv or ()]
+            modules = [block.get_submodule(p) for p in (row.qkv.paths if row.qkv else ())]
             n = len(modules)
             out.append(
                 _per_head_input_grads(
-                    block.get_submodule(row.attn_norm),
+                    block.get_submodule(row.norms.attn),
                     cap.attn_in[layer],
                     grads[i : i + n],
                     [_weight_out_in(m) for m in modules],

@@ -245,3 +245,141 @@ def accuracy_grid(
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="validation accuracy")
     return _save(fig, path)
+
+
+def layer_scores_vs_grid(
+    scores: dict[str, torch.Tensor],
+    accuracy: torch.Tensor,
+    vanilla: float,
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """A2A: each method's layer scores (scaled to [0, 1]) above the grid-search accuracy per layer.
+
+    Args:
+        scores: method name -> ``[L]`` layer scores.
+        accuracy: ``[L]`` or ``[L, M]`` steered accuracy per layer (and multiplier) of the grid
+            search; every multiplier is drawn as one line.
+        vanilla: the unsteered accuracy (a dashed line).
+        title: figure title.
+        path: where to save the PNG.
+    """
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for name, values in scores.items():
+        v = values.detach().double().cpu()
+        span = float(v.max() - v.min())
+        scaled = (v - v.min()) / span if span > 0 else torch.zeros_like(v)
+        top.plot(range(len(v)), scaled.numpy(), "o-", ms=3, label=name)
+    top.set_ylabel("layer score (min-max scaled)")
+    top.legend(fontsize=7, ncol=3)
+    acc = accuracy.detach().double().cpu()
+    acc = acc[:, None] if acc.dim() == 1 else acc
+    for j in range(acc.shape[1]):
+        bottom.plot(range(acc.shape[0]), acc[:, j].numpy(), "o-", ms=3, label=f"multiplier #{j}")
+    bottom.axhline(vanilla, color="black", ls="--", lw=1, label="unsteered")
+    bottom.set_xlabel("steering layer")
+    bottom.set_ylabel("behaviour accuracy")
+    bottom.legend(fontsize=7)
+    if title:
+        top.set_title(title)
+    return _save(fig, path)
+
+
+def graph_edges(graph, top_n: int = 40, title: str = "", path: str | Path | None = None) -> Figure:
+    """The ``top_n`` edges of an :class:`~interventions.eap.AttributionGraph` with the largest
+    ``|score|``, drawn between nodes placed by layer (x) and component (y; heads, then the MLP).
+    Red edges raise the logit difference, blue ones lower it; width grows with ``|score|``."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    layer_of = dict(zip(graph.nodes, graph.node_layers))
+    num_layers = max(graph.node_layers)
+    heads = max((int(n.split(".h")[1]) for n in graph.nodes if ".h" in n), default=0) + 1
+
+    def place(node: str) -> tuple[float, float]:
+        if node == "input":
+            return -1.0, heads / 2
+        if node == "logits":
+            return float(num_layers), heads / 2
+        layer = layer_of[node]
+        if node.startswith("m"):
+            return layer + 0.5, float(heads)
+        return float(layer), float(node.split(".h")[1])
+
+    def reader(input_name: str) -> str:
+        if input_name == "logits" or input_name.startswith("m"):
+            return input_name
+        base = input_name.split("<")[0]
+        if ".kv" in base or "." not in base:  # shared input: draw it at the block
+            return f"{base.split('.')[0]}.h0"
+        return base
+
+    edges = graph.edges(sort=True)[:top_n]
+    biggest = max((abs(e.score) for e in edges), default=1.0) or 1.0
+    for e in edges:
+        (x0, y0), (x1, y1) = place(e.upstream), place(reader(e.input))
+        ax.plot(
+            [x0, x1],
+            [y0, y1],
+            color="tab:red" if e.score > 0 else "tab:blue",
+            lw=0.5 + 3.5 * abs(e.score) / biggest,
+            alpha=0.7,
+        )
+    used = {e.upstream for e in edges} | {reader(e.input) for e in edges}
+    for node in used:
+        x, y = place(node)
+        ax.plot(x, y, "ko", ms=3)
+        if node in ("input", "logits") or node.startswith("m"):
+            ax.annotate(node, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("layer (MLPs at +0.5)")
+    ax.set_ylabel("head (top row: MLP)")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def method_heatmaps(
+    values: dict[str, dict[str, torch.Tensor]],
+    tokens: Sequence[str],
+    layer_labels: Sequence[int],
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """Side-by-side heatmaps of several methods' per-point values (activation scaling Fig. 9).
+
+    Columns = methods (in the order of ``values``), rows = sites; each panel has layers on the y
+    axis, token positions (labelled with ``tokens``) on the x axis and its own symmetric colour
+    scale (the methods' scales differ by orders of magnitude).
+
+    Args:
+        values: ``method -> site -> [layers, positions]``; every method must have the same sites.
+        tokens: tick labels of the position axis.
+        layer_labels: layer index of each row.
+        title: figure title.
+        path: where to save the PNG.
+    """
+    methods = list(values)
+    sites = list(next(iter(values.values()))) if methods else []
+    width = max(3.0, 0.3 * len(tokens) + 1.5)
+    fig, axes = plt.subplots(
+        len(sites), len(methods), figsize=(width * len(methods), 5.5 * len(sites)), squeeze=False
+    )
+    for j, method in enumerate(methods):
+        for i, site in enumerate(sites):
+            ax = axes[i][j]
+            v = values[method][site].detach().float().cpu()
+            bound = float(v.abs().max()) or 1.0
+            image = ax.imshow(v.numpy(), aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
+            labels = (
+                list(tokens) if v.shape[1] == len(tokens) else [str(p) for p in range(v.shape[1])]
+            )
+            ax.set_xticks(
+                range(v.shape[1]), [repr(t)[1:-1] for t in labels], rotation=90, fontsize=6
+            )
+            step = max(1, len(layer_labels) // 15)
+            ax.set_yticks(range(0, len(layer_labels), step), list(layer_labels)[::step], fontsize=6)
+            ax.set_title(f"{method}: {site}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("layer")
+            fig.colorbar(image, ax=ax, shrink=0.6)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -19,13 +19,28 @@ side of that module the activation is read from (its ``output`` or its ``input``
 pyvene's mapping tables.  For Gemma 2/3 the block outputs pass through post-norms before they are
 added to the residual stream, so ``attn_out`` / ``mlp_out`` are the outputs of those norms.
 
+The sites above are where edits write.  A row also says where the residual stream is *read*,
+which attribution methods (EAP-IG in :mod:`interventions.eap`) need:
+
+* :class:`Norms` -- the attention and MLP pre-norms of a layer (their input is the residual
+  stream a block reads), the final norm before the unembedding (its input is what the logits
+  read) and, for Gemma 2/3, the attention post-norm;
+* :class:`QKVProjections` -- the query/key/value projection(s) of a layer and how heads are laid
+  out in their outputs (``None`` for a family whose heads cannot be split into q/k/v inputs);
+* ``parallel_residual`` -- whether attention and MLP of a layer read the same residual stream
+  (GPT-NeoX with ``use_parallel_residual``).
+
+These are plain row fields rather than sites: the final norm lives outside the layers, and a fused
+q/k/v output (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``) holds three activations of different
+meaning, so neither fits the one-module-one-activation shape of :class:`SiteSpec`.
+
 Supporting a new architecture means adding one row to :data:`ARCHITECTURES`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
@@ -50,7 +65,20 @@ class SiteSpec:
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The sizes an intervention depends on; two models with equal dims accept the same edits."""
+    """The sizes an intervention depends on; two models with equal dims accept the same edits.
+
+    Attributes:
+        architecture: ``config.model_type``.
+        num_layers: number of decoder layers.
+        d_model: width of the residual stream.
+        num_heads: number of attention (query) heads.
+        head_dim: width of one head.
+        d_mlp: width of the MLP hidden layer.
+        num_kv_heads: number of key/value heads (fewer than ``num_heads`` with grouped-query
+            attention).  No edit depends on it, so it is left out of ``==`` (an edit made for a
+            model accepts any model with the same other sizes) and is ``None`` in dims read from
+            files exported before it was recorded.
+    """
 
     architecture: str
     num_layers: int
@@ -58,6 +86,7 @@ class ModelDims:
     num_heads: int
     head_dim: int
     d_mlp: int
+    num_kv_heads: int | None = field(default=None, compare=False)
 
     def width(self, site: str) -> int:
         """Width of the activation vector at ``site``."""
@@ -82,6 +111,7 @@ def _llama_dims(cfg) -> dict[str, int]:
         num_heads=heads,
         head_dim=head_dim,
         d_mlp=cfg.intermediate_size,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
     )
 
 
@@ -92,6 +122,7 @@ def _gpt2_dims(cfg) -> dict[str, int]:
         num_heads=cfg.n_head,
         head_dim=cfg.n_embd // cfg.n_head,
         d_mlp=cfg.n_inner or 4 * cfg.n_embd,
+        num_kv_heads=cfg.n_head,
     )
 
 
@@ -102,18 +133,107 @@ def _neox_dims(cfg) -> dict[str, int]:
         num_heads=cfg.num_attention_heads,
         head_dim=cfg.hidden_size // cfg.num_attention_heads,
         d_mlp=cfg.intermediate_size,
+        num_kv_heads=cfg.num_attention_heads,
     )
+
+
+QKVLayout = Literal["separate", "gpt2_fused", "neox_fused"]
+"""How heads are laid out in the q/k/v projection outputs: ``"separate"`` (three modules, each
+``[heads, head_dim]``), ``"gpt2_fused"`` (one module, ``[q heads | k heads | v heads]``) or
+``"neox_fused"`` (one module, per head ``[q | k | v]``)."""
+
+
+@dataclass(frozen=True)
+class Norms:
+    """The norms through which a family's blocks and unembedding read the residual stream.
+
+    Attributes:
+        attn: path (in a layer) of the attention pre-norm; its input is the residual stream the
+            attention block reads.
+        mlp: path (in a layer) of the MLP pre-norm; its input is what the MLP block reads.
+        final: path (in the model) of the norm before the unembedding; its input is what the
+            logits read.
+        attn_post: path (in a layer) of a norm applied to the attention output before it is added
+            to the residual stream (Gemma 2/3), or ``None``.
+    """
+
+    attn: str
+    mlp: str
+    final: str
+    attn_post: str | None = None
+
+
+@dataclass(frozen=True)
+class QKVProjections:
+    """The query/key/value projection(s) of a layer's attention.
+
+    Attributes:
+        paths: module paths (in a layer): three modules (q, k, v) for ``"separate"``, one fused
+            module otherwise.
+        layout: how heads are laid out in the projection outputs (see :data:`QKVLayout`).
+    """
+
+    paths: tuple[str, ...]
+    layout: QKVLayout
+
+    def head_rows(
+        self,
+        kind: Literal["q", "k", "v"],
+        head: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+    ) -> tuple[int, range]:
+        """Where one head's query (``head`` < ``num_heads``) or key/value (``head`` <
+        ``num_kv_heads``) lives: the index of its module in ``paths`` and its ``head_dim`` output
+        features of that module."""
+        k = "qkv".index(kind)
+        if self.layout == "separate":
+            module, start = k, head * head_dim
+        elif self.layout == "gpt2_fused":  # [q heads | k heads | v heads]
+            width = (num_heads if k == 0 else num_kv_heads) * head_dim
+            module, start = 0, (0 if k == 0 else num_heads * head_dim + (k - 1) * width)
+            start += head * head_dim
+        else:  # neox_fused: per head [q | k | v]
+            module, start = 0, head * 3 * head_dim + k * head_dim
+        return module, range(start, start + head_dim)
+
+
+def _no_parallel_residual(cfg: object) -> bool:
+    return False
+
+
+def _neox_parallel_residual(cfg: object) -> bool:
+    return bool(getattr(cfg, "use_parallel_residual", False))
 
 
 @dataclass(frozen=True)
 class ArchRow:
-    """One model family: where its layers are, where each site is, and how to read its sizes."""
+    """One model family: where its layers are, where each site is, how to read its sizes, and
+    where its blocks read the residual stream.
+
+    Attributes:
+        family: short name of the family.
+        model_types: every ``config.model_type`` the row serves.
+        layers_path: path (in the model) of the list of decoder layers.
+        sites: site name -> where it lives in a layer (see the module docstring).
+        dims: reads the keyword arguments of :class:`ModelDims` (all but ``architecture``) from a
+            config.
+        norms: the pre-norms, final norm and (Gemma) attention post-norm.
+        qkv: the q/k/v projections, or ``None`` if the family's attention inputs cannot be split
+            per head.
+        parallel_residual: reads from a config whether attention and MLP of a layer read the
+            same residual stream.
+    """
 
     family: str
     model_types: tuple[str, ...]
     layers_path: str
     sites: dict[str, SiteSpec]
     dims: Callable[[object], dict[str, int]]
+    norms: Norms
+    qkv: QKVProjections | None
+    parallel_residual: Callable[[object], bool] = _no_parallel_residual
 
 
 _LLAMA_SITES = {
@@ -133,6 +253,10 @@ _GEMMA_SITES = {
     "mlp_act": SiteSpec("mlp.down_proj", "input"),
 }
 
+_SEPARATE_QKV = QKVProjections(
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "separate"
+)
+
 ARCHITECTURES: tuple[ArchRow, ...] = (
     ArchRow(
         family="gpt2",
@@ -146,6 +270,8 @@ ARCHITECTURES: tuple[ArchRow, ...] = (
             "mlp_act": SiteSpec("mlp.c_proj", "input"),
         },
         dims=_gpt2_dims,
+        norms=Norms(attn="ln_1", mlp="ln_2", final="transformer.ln_f"),
+        qkv=QKVProjections(("attn.c_attn",), "gpt2_fused"),
     ),
     ArchRow(
         family="gpt_neox",
@@ -159,6 +285,13 @@ ARCHITECTURES: tuple[ArchRow, ...] = (
             "mlp_act": SiteSpec("mlp.dense_4h_to_h", "input"),
         },
         dims=_neox_dims,
+        norms=Norms(
+            attn="input_layernorm",
+            mlp="post_attention_layernorm",
+            final="gpt_neox.final_layer_norm",
+        ),
+        qkv=QKVProjections(("attention.query_key_value",), "neox_fused"),
+        parallel_residual=_neox_parallel_residual,
     ),
     ArchRow(
         family="llama",
@@ -166,6 +299,8 @@ ARCHITECTURES: tuple[ArchRow, ...] = (
         layers_path="model.layers",
         sites=_LLAMA_SITES,
         dims=_llama_dims,
+        norms=Norms(attn="input_layernorm", mlp="post_attention_layernorm", final="model.norm"),
+        qkv=_SEPARATE_QKV,
     ),
     ArchRow(
         family="gemma",
@@ -173,6 +308,13 @@ ARCHITECTURES: tuple[ArchRow, ...] = (
         layers_path="model.layers",
         sites=_GEMMA_SITES,
         dims=_llama_dims,
+        norms=Norms(
+            attn="input_layernorm",
+            mlp="pre_feedforward_layernorm",
+            final="model.norm",
+            attn_post="post_attention_layernorm",
+        ),
+        qkv=_SEPARATE_QKV,
     ),
 )
 

@@ -7,16 +7,18 @@ autograd on zero perturbations added at each module that reads the residual stre
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import ARCHS, random_batch, tiny_config
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from interventions import eap as eap_module
-from interventions.eap import AttributionGraph, EapRow, eap_ig
+from interventions import sites as sites_module
+from interventions.eap import AttributionGraph, eap_ig, logit_difference
 from interventions.hooks import position_ids, record
-from interventions.sites import layers, model_dims
+from interventions.sites import arch_row, layers, model_dims
 
 ARCHS_PLUS = [*ARCHS, "gpt_neox_sequential"]  # GPT-NeoX without the parallel residual
 
@@ -582,14 +584,113 @@ def test_errors(monkeypatch):
     model.eval()
     with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
         eap_ig(model, clean, corrupted, target, foil)
-    row = eap_module.EAP_ROWS["llama"]
-    monkeypatch.setitem(
-        eap_module.EAP_ROWS,
-        "llama",
-        EapRow(row.attn_norm, row.mlp_norm, row.final_norm, None, row.qkv_layout),
+
+
+def test_steps_below_one_raise():
+    model = make_model("gpt2")
+    clean, corrupted, mask, target, foil = pairs([5, 5])
+    for steps in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=rf"steps must be a positive integer.*got {steps}"):
+            eap_ig(model, clean, corrupted, target, foil, steps=steps)
+
+
+def test_per_head_inputs_need_qkv_projections_in_the_sites_row(monkeypatch):
+    """A family whose sites row has ``qkv=None`` supports block-level inputs only, and asking
+    for per-head inputs says so (and what to do) before any forward pass."""
+    model = make_model("llama")
+    clean, corrupted, mask, target, foil = pairs([5, 5])
+    rows = tuple(
+        replace(row, qkv=None) if row.family == "llama" else row
+        for row in sites_module.ARCHITECTURES
     )
+    monkeypatch.setattr(sites_module, "ARCHITECTURES", rows)
+    assert arch_row(model).qkv is None
     with pytest.raises(
-        ValueError, match="Per-head q/k/v inputs are not available.*per_head_inputs=False"
+        ValueError,
+        match=r"Per-head q/k/v inputs are not available for 'llama'.*names no q/k/v projections"
+        r".*per_head_inputs=False",
     ):
         eap_ig(model, clean, corrupted, target, foil, per_head_inputs=True)
-    eap_ig(model, clean, corrupted, target, foil, steps=1)  # block level still works
+    graph = eap_ig(model, clean, corrupted, target, foil, steps=1)  # block level still works
+    assert graph.inputs[:2] == ["a0", "m0"] and torch.isfinite(graph.scores[0]).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sites_row_reads_the_residual_stream_where_the_modeling_files_do(arch):
+    """The sites table's norms, q/k/v head rows and key-value head count agree with the paths and
+    layouts restated in this file from the modeling files."""
+    model = make_model(arch)
+    row, dims = arch_row(model), model_dims(model)
+    attn_norm, mlp_norm, final_norm, qkv, post = paths(model)
+    assert (row.norms.attn, row.norms.mlp, row.norms.final, row.norms.attn_post) == (
+        attn_norm,
+        mlp_norm,
+        final_norm,
+        post,
+    )
+    assert row.qkv is not None and list(row.qkv.paths) == qkv
+    expected_kv = getattr(model.config, "num_key_value_heads", None) or dims.num_heads
+    assert dims.num_kv_heads == expected_kv == (2 if arch not in ("gpt2", "gpt_neox") else 4)
+    for kind in "qkv":
+        for head in range(dims.num_heads if kind == "q" else expected_kv):
+            index, rows = head_rows(model, kind, head)
+            got = row.qkv.head_rows(kind, head, dims.num_heads, expected_kv, dims.head_dim)
+            assert got == (index, range(rows.start, rows.stop)), (kind, head)
+    # num_kv_heads takes no part in ==: edits are made for the other sizes only
+    assert replace(dims, num_kv_heads=None) == dims
+
+
+def _perturbed_pair(arch: str, eps: float, seed: int = 0):
+    """A model whose corrupted prompts differ from the clean ones by an embedding perturbation of
+    relative size ``eps`` at one real token per row: each row's token at that position is replaced
+    by a spare token id whose embedding row is set to the clean token's row + eps * |row| * u
+    (u a random unit vector, one per row).  The spare ids are used nowhere else (not in the
+    prompts, not the target or foil), so tied unembeddings do not change L."""
+    model = make_model(arch)
+    clean, mask, _ = random_batch(3, [7, 5, 6], "left", seed=seed)
+    target, foil = torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8])
+    used = set(clean[mask.bool()].tolist()) | set(target.tolist()) | set(foil.tolist())
+    spare = [t for t in range(3, model.config.vocab_size) if t not in used][: clean.shape[0]]
+    corrupted = clean.clone()
+    embed = model.get_input_embeddings().weight
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for b, s in enumerate(spare):
+            col = int(mask[b].nonzero()[1])  # the second real token of the row
+            row = embed[clean[b, col]]
+            u = torch.randn(row.shape, generator=g)
+            embed[s] = row + eps * row.norm() * u / u.norm()
+            corrupted[b, col] = s
+    return model, clean, corrupted, mask, target, foil
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_edges_into_the_logits_are_a_first_order_identity_for_small_perturbations(arch):
+    """The edges into the logits sum to (x_L(clean) - x_L(corrupted)) . mean_k dL/dx_L(x_k), the
+    first-order change of L = f(x_L) (x_L: the input of the final norm).  When the corrupted
+    embedding is a perturbation of relative size eps of the clean one, x_L moves along a path
+    whose curvature is O(eps^2), so the sum equals dL = L(clean) - L(corrupted) (full patching,
+    two forward passes) up to O(eps^2) while dL itself is O(eps): the relative error is O(eps).
+
+    Error = max over examples |sum - dL| / max |dL|, m = 3 steps.  Observed on the 8 random
+    models: eps = 0.1: 1.2e-3 (gpt2) to 1.0e-2 (qwen2); eps = 0.025: 3.3e-4 to 2.6e-3, i.e. 3.2x
+    to 5.3x smaller for a 4x smaller eps (below eps ~ 0.01 float32 rounding of the tiny dL sets a
+    floor near 1e-3).  For comparison, whole-token corruptions give 13-50%
+    (test_edges_into_the_logits_approximate_the_metric_change).  Asserted: error < 2e-2 at
+    eps = 0.1, < 5e-3 at eps = 0.025, and error(0.1) / error(0.025) in [2.5, 7] (about 4: the
+    error is second order in the perturbation, first order relative to dL)."""
+    errors = {}
+    for eps in (0.1, 0.025):
+        model, clean, corrupted, mask, target, foil = _perturbed_pair(arch, eps)
+        graph = eap_ig(model, clean, corrupted, target, foil, clean_mask=mask, steps=3)
+        with torch.no_grad():
+            dl = logit_difference(model, clean, mask, target, foil) - logit_difference(
+                model, corrupted, mask, target, foil
+            )
+        torch.testing.assert_close(graph.metric_clean - graph.metric_corrupted, dl)
+        assert (dl != 0).all()
+        into_logits = torch.nansum(graph.example_scores[:, :, -1], -1)  # [batch]
+        errors[eps] = float((into_logits - dl).abs().max() / dl.abs().max())
+    assert errors[0.1] < 2e-2, errors
+    assert errors[0.025] < 5e-3, errors
+    assert 2.5 < errors[0.1] / errors[0.025] < 7, errors
