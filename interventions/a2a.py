@@ -172,7 +172,10 @@ def ndcg(scores: Tensor, relevance: Tensor, k: int) -> float:
             f"scores {list(scores.shape)} and relevance {list(relevance.shape)} must both be "
             "[num_layers]."
         )
-    return float(retrieval_normalized_dcg(scores.double(), relevance.long(), top_k=k))
+    # torchmetrics casts the scores to float32: pass their float64 dense ranks instead, so that
+    # scores closer than float32 precision keep their order (exact ties stay ties)
+    dense = torch.unique(scores.double(), return_inverse=True)[1]
+    return float(retrieval_normalized_dcg(dense.double(), relevance.long(), top_k=k))
 
 
 # ------------------------------------------------------------------------------ activations
@@ -377,7 +380,7 @@ def cost_forward_equivalents(
     num_multipliers: int,
     k: int,
 ) -> dict[str, float]:
-    """The paper's cost accounting (Section 4.3) in forward-equivalents.
+    """The paper's cost accounting (Section 4.1) in forward-equivalents.
 
     Returns ``grid = L M |E|``, ``a2a = 3 m |D_attr| + k M |E|`` and ``saving = 1 - a2a / grid``.
     """

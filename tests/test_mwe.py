@@ -23,7 +23,7 @@ from datamodules import (
     resolve_behavior,
 )
 from datamodules.base import ContrastiveExample, default_data_dir
-from datamodules.mwe import render_prompt
+from datamodules.mwe import CONTRAST_DESCRIPTIONS, render_prompt
 from interventions.backbone import load_tokenizer
 
 DATA = default_data_dir()
@@ -503,3 +503,92 @@ def test_repeated_questions_are_dropped_once(make):
     assert len(everything) == len(records)
     assert len(kept) == len(distinct)
     assert len({ex.prompt for ex in kept}) == len(kept)
+
+
+# ---------------------------------------------------------------------------- contrast pairs
+@pytest.mark.parametrize("behavior", list(CONTRAST_DESCRIPTIONS))
+def test_system_contrast_differs_only_in_the_system_message(make, smol_tokenizer, behavior):
+    positive, negative = CONTRAST_DESCRIPTIONS[behavior]
+    dm = make(behavior=behavior, contrast="system", max_examples=40, batch_size=8)
+    examples = all_examples(dm)
+    assert len(examples) == 40
+    for ex in examples:
+        system, question = parts(ex.prompt)
+        assert system == positive
+        assert ex.corrupted_prompt == SYS + negative + USER + question + ASSISTANT
+        assert len(smol_tokenizer(ex.prompt)["input_ids"]) == len(
+            smol_tokenizer(ex.corrupted_prompt)["input_ids"]
+        )
+    # the descriptions alone have one token length, and the batches align position by position
+    n_pos, n_neg = (
+        len(smol_tokenizer.encode(t, add_special_tokens=False)) for t in (positive, negative)
+    )
+    assert n_pos == n_neg
+    base = make(behavior=behavior, max_examples=40)
+    for b, ex in zip(all_examples(base), examples, strict=True):
+        assert parts(b.prompt)[1] == parts(ex.prompt)[1]
+        assert (b.correct, b.wrong) == (ex.correct, ex.wrong)
+        assert b.corrupted_prompt is None
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.equal(batch["corrupted_attention_mask"], batch["attention_mask"])
+    for ids, corrupted in zip(batch["input_ids"], batch["corrupted_input_ids"], strict=True):
+        differ = (ids != corrupted).nonzero().flatten()  # inside one description-long span
+        assert 0 < len(differ) and int(differ[-1] - differ[0]) < n_pos
+    assert "corrupted_input_ids" not in next(iter(base.train_dataloader()))
+
+
+def test_user_contrast_puts_the_descriptions_before_the_question(make):
+    positive, negative = CONTRAST_DESCRIPTIONS["neuroticism"]
+    dm = make(behavior="neuroticism", contrast="user", max_examples=10)
+    for ex in all_examples(dm):
+        system, user = parts(ex.prompt)
+        question = user.removeprefix(positive + "\n\n")
+        assert system == BASE_SYSTEM_MESSAGE and user == positive + "\n\n" + question
+        assert parts(ex.corrupted_prompt) == (BASE_SYSTEM_MESSAGE, negative + "\n\n" + question)
+
+
+def test_contrast_descriptions_of_unequal_token_length_are_a_clear_error(make):
+    dm = make(
+        behavior="extraversion",
+        contrast="system",
+        positive_description="You are an extravert",
+        negative_description="You are an introvert who is reserved and quiet",
+        max_examples=10,
+    )
+    message = (
+        r"contrast='system' needs positive and negative descriptions of the same token length"
+        r".* prompts have \d+ and \d+ tokens .*Reword one of them"
+    )
+    with pytest.raises(ValueError, match=message):
+        dm.setup()
+
+
+@pytest.mark.parametrize("variant", ["sys_pos", "user_neg"])
+@pytest.mark.parametrize("contrast", ["system", "user"])
+def test_contrast_needs_the_base_variant(make, contrast, variant):
+    with pytest.raises(ValueError, match=f"contrast='{contrast}' .* needs variant='base'"):
+        make(behavior="extraversion", contrast=contrast, variant=variant)
+
+
+def test_contrast_and_target_bad_values(make):
+    with pytest.raises(ValueError, match="contrast must be 'none', 'system' or 'user'"):
+        make(contrast="sys")
+    with pytest.raises(ValueError, match="target must be 'matching' or 'not_matching'"):
+        make(target="opposite")
+    with pytest.raises(ValueError, match="needs a positive description"):
+        make(behavior="caa/sycophancy", contrast="system")
+
+
+@pytest.mark.parametrize("contrast", ["none", "system"])
+def test_target_not_matching_swaps_the_answers(make, contrast):
+    kw = dict(behavior="refusal", contrast=contrast, max_examples=30)
+    matching, swapped = make(**kw), make(target="not_matching", **kw)
+    records = json.loads((DATA / "caa" / "refusal" / "test_dataset_ab.json").read_text())
+    by_question = {r["question"].strip(): r for r in records}
+    assert len(by_question) >= 30
+    for a, b in zip(all_examples(matching), all_examples(swapped), strict=True):
+        assert (a.prompt, a.corrupted_prompt) == (b.prompt, b.corrupted_prompt)
+        assert (b.correct, b.wrong) == (a.wrong, a.correct)
+        record = by_question[parts(a.prompt)[1]]
+        assert a.correct == record["answer_matching_behavior"].strip(" ()")
+        assert b.correct == record["answer_not_matching_behavior"].strip(" ()")
