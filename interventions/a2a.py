@@ -412,6 +412,8 @@ class A2AModule(FrozenBackbone, LightningModule):
             the corrupted prompt of each pair; Rimsky et al.) or ``mean_diff`` (mean
             ``resid_post`` difference at the last prompt token, clean minus corrupted).
         multipliers: the steering multipliers lambda of the grid and of the top-k search.
+        target: the answer the steered model should prefer: each batch's ``correct`` answer, or
+            its ``wrong`` one (CCC: the in-context capital, the one the clean prompt elicits).
         top_k: number of top-ranked layers each method steers.
         num_random: random permutations averaged for the random baseline (paper: 10).
         mid_center: the mid-layer baseline's centre as a fraction of the depth.
@@ -426,6 +428,7 @@ class A2AModule(FrozenBackbone, LightningModule):
         per_head_inputs: bool = False,
         vector: Literal["caa", "mean_diff"] = "caa",
         multipliers: tuple[float, ...] = (2.0, 4.0, 8.0),
+        target: Literal["correct", "wrong"] = "correct",
         top_k: int = 3,
         num_random: int = 10,
         mid_center: float = 0.6,
@@ -439,6 +442,8 @@ class A2AModule(FrozenBackbone, LightningModule):
             raise ValueError(f"vector must be 'caa' or 'mean_diff', got {vector!r}")
         if not multipliers:
             raise ValueError("multipliers must hold at least one steering multiplier")
+        if target not in ("correct", "wrong"):
+            raise ValueError(f"target must be 'correct' or 'wrong', got {target!r}")
         if num_random < 1:
             raise ValueError(f"num_random must be >= 1, got {num_random}")
         self.save_hyperparameters()
@@ -515,6 +520,13 @@ class A2AModule(FrozenBackbone, LightningModule):
             return self._caa.mean()
         return (self._diff_sum / self._count).float()
 
+    def _targeted(self, batches: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        """The batches with ``correct_id`` / ``wrong_id`` swapped when ``target="wrong"``."""
+        for batch in batches:
+            if self.hparams.target == "wrong":
+                batch = {**batch, "correct_id": batch["wrong_id"], "wrong_id": batch["correct_id"]}
+            yield batch
+
     def method_scores(self, graph: AttributionGraph) -> dict[str, Tensor]:
         """Every method's ``[L]`` layer scores but the random baseline and the grid."""
         assert self._diff_sum is not None
@@ -534,9 +546,13 @@ class A2AModule(FrozenBackbone, LightningModule):
         mults = [float(m) for m in hp.multipliers]
 
         t0 = time.perf_counter()
-        val = steering_grid(model, dm.val_dataloader(), vectors, mults, progress=True)
+        val = steering_grid(
+            model, self._targeted(dm.val_dataloader()), vectors, mults, progress=True
+        )
         t1 = time.perf_counter()
-        test = steering_grid(model, dm.test_dataloader(), vectors, mults, progress=True)
+        test = steering_grid(
+            model, self._targeted(dm.test_dataloader()), vectors, mults, progress=True
+        )
         truth = {
             "accuracy": layer_relevance(test.accuracy, test.vanilla_accuracy),
             "margin": layer_relevance(test.margin, test.vanilla_margin),
@@ -604,6 +620,7 @@ class A2AModule(FrozenBackbone, LightningModule):
             "task": getattr(dm, "behavior", type(dm).__name__),
             "num_layers": num_layers,
             "vector": hp.vector,
+            "target": hp.target,
             "multipliers": mults,
             "top_k": hp.top_k,
             "steps": hp.steps,
@@ -668,6 +685,7 @@ class A2AModule(FrozenBackbone, LightningModule):
                 test.vanilla_accuracy,
                 title=f"A2A layer scores vs grid search: {metrics['task']}",
                 path=paths[0],
+                multipliers=test.multipliers,
             ),
             plots.graph_edges(
                 graph, top_n=40, title=f"Strongest edges: {metrics['task']}", path=paths[1]

@@ -253,6 +253,7 @@ def layer_scores_vs_grid(
     vanilla: float,
     title: str = "",
     path: str | Path | None = None,
+    multipliers: Sequence[float] | None = None,
 ) -> Figure:
     """A2A: each method's layer scores (scaled to [0, 1]) above the grid-search accuracy per layer.
 
@@ -263,6 +264,7 @@ def layer_scores_vs_grid(
         vanilla: the unsteered accuracy (a dashed line).
         title: figure title.
         path: where to save the PNG.
+        multipliers: the multiplier of each column of ``accuracy`` (legend labels).
     """
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for name, values in scores.items():
@@ -275,7 +277,8 @@ def layer_scores_vs_grid(
     acc = accuracy.detach().double().cpu()
     acc = acc[:, None] if acc.dim() == 1 else acc
     for j in range(acc.shape[1]):
-        bottom.plot(range(acc.shape[0]), acc[:, j].numpy(), "o-", ms=3, label=f"multiplier #{j}")
+        label = f"λ = {multipliers[j]:g}" if multipliers is not None else f"multiplier #{j}"
+        bottom.plot(range(acc.shape[0]), acc[:, j].numpy(), "o-", ms=3, label=label)
     bottom.axhline(vanilla, color="black", ls="--", lw=1, label="unsteered")
     bottom.set_xlabel("steering layer")
     bottom.set_ylabel("behaviour accuracy")
