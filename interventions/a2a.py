@@ -70,6 +70,7 @@ __all__ = [
     "layer_relevance",
     "layer_scores",
     "mid_layer_scores",
+    "method_costs",
     "ndcg",
     "random_scores",
     "rank_layers",
@@ -389,6 +390,35 @@ def cost_forward_equivalents(
     return {"grid": float(grid), "a2a": float(a2a), "saving": 1.0 - a2a / grid}
 
 
+def method_costs(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Cost of choosing the steering layer with each method, from a run's ``metrics.json``.
+
+    Forward-equivalents (the paper's accounting, ``|D|`` attribution pairs, ``|E|`` validation
+    prompts, ``M`` multipliers, ``k`` steered layers): grid ``L M |E|``; A2A ``3 m |D| + k M |E|``;
+    ActDiff ``2 |D| + k M |E|`` (one clean and one corrupted forward per pair); Random and
+    Mid-layer ``k M |E|``.  Seconds: the measured attribution / activation-difference time plus
+    ``k / L`` of the measured validation grid.
+    """
+    c = metrics["cost"]
+    n_attr, n_val = c["num_attribution"], c["num_val"]
+    num_layers, k = metrics["num_layers"], metrics["top_k"]
+    mults, steps = len(metrics["multipliers"]), metrics["steps"]
+    steer_fe = k * mults * n_val
+    grid_s = c["seconds"]["grid_val"]
+    steer_s = grid_s * k / num_layers
+    out = {
+        "grid": (num_layers * mults * n_val, grid_s),
+        "a2a": (3 * steps * n_attr + steer_fe, c["seconds"]["attribution"] + steer_s),
+        "actdiff": (2 * n_attr + steer_fe, c["seconds"]["actdiff"] + steer_s),
+        "random": (steer_fe, steer_s),
+        "mid": (steer_fe, steer_s),
+    }
+    return {
+        name: {"forward_equivalents": float(fe), "seconds": float(sec)}
+        for name, (fe, sec) in out.items()
+    }
+
+
 # ------------------------------------------------------------------------------ the module
 
 
@@ -641,6 +671,7 @@ class A2AModule(FrozenBackbone, LightningModule):
             "top_k_steering": top_k,
             "cost": cost,
         }
+        cost["per_method"] = method_costs(metrics)
         run.mkdir(parents=True, exist_ok=True)
         graph.save(run / "graph.safetensors")
         (run / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from interventions.a2a import method_costs
+
 METHODS: tuple[tuple[str, str], ...] = (
     ("grid_val", "Grid search (validation ranking)"),
     ("random", "Random (mean of 10)"),
@@ -71,6 +73,25 @@ def accuracy_table(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def method_cost_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Markdown: forward-equivalents / seconds of choosing the layer with each method."""
+    tasks = list(runs)
+    rows = ["| method | " + " | ".join(tasks) + " |", "|---" * (1 + len(tasks)) + "|"]
+    costs = {t: method_costs(m) for t, m in runs.items()}
+    for key, label in (
+        ("grid", "Grid search"),
+        ("a2a", "A2A (any variant)"),
+        ("actdiff", "ActDiff"),
+        ("random", "Random / Mid-layer"),
+    ):
+        cells = [
+            f"{costs[t][key]['forward_equivalents']:.0f} / {costs[t][key]['seconds']:.0f} s"
+            for t in tasks
+        ]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def cost_table(runs: dict[str, dict[str, Any]]) -> str:
     """Markdown: the cost of A2A vs the grid search per task."""
     rows = [
@@ -107,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     print(accuracy_table(runs))
     print("\nCost\n")
     print(cost_table(runs))
+    print("\nCost per method (forward-equivalents / seconds)\n")
+    print(method_cost_table(runs))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from interventions.a2a import (
     cost_forward_equivalents,
     layer_relevance,
     layer_scores,
+    method_costs,
     mid_layer_scores,
     ndcg,
     random_scores,
@@ -560,3 +561,24 @@ def test_a2a_module_fits_on_the_extraversion_contrast(tiny_backbone_dir, tmp_pat
     extra = json.loads((tmp_path / "intervention" / "intervention.json").read_text())["extra"]
     assert extra["best_layer"] == top["grid"]["chosen_layer"]
     assert (tmp_path / "plots" / "layer_scores.png").is_file()
+
+
+def test_method_costs_by_hand():
+    """|D| = 40 pairs, |E| = 10 prompts, M = 2, L = 6, k = 2, m = 5; grid 12 s, attribution
+    30 s, activation difference 3 s."""
+    metrics = {
+        "num_layers": 6,
+        "top_k": 2,
+        "multipliers": [1.0, 2.0],
+        "steps": 5,
+        "cost": {
+            "num_attribution": 40,
+            "num_val": 10,
+            "seconds": {"grid_val": 12.0, "attribution": 30.0, "actdiff": 3.0},
+        },
+    }
+    costs = method_costs(metrics)
+    assert costs["grid"] == {"forward_equivalents": 120.0, "seconds": 12.0}  # 6 * 2 * 10
+    assert costs["a2a"] == {"forward_equivalents": 640.0, "seconds": 34.0}  # 15*40 + 2*2*10
+    assert costs["actdiff"] == {"forward_equivalents": 120.0, "seconds": 7.0}  # 2*40 + 40
+    assert costs["random"] == costs["mid"] == {"forward_equivalents": 40.0, "seconds": 4.0}
