@@ -500,6 +500,7 @@ class A2AModule(FrozenBackbone, LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _require_pairs(batch)
+        batch = next(iter(self._targeted([batch])))  # L and CAA: target minus foil
         model = self.model
         t0 = time.perf_counter()
         graph = eap_ig(
@@ -551,7 +552,8 @@ class A2AModule(FrozenBackbone, LightningModule):
         return (self._diff_sum / self._count).float()
 
     def _targeted(self, batches: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
-        """The batches with ``correct_id`` / ``wrong_id`` swapped when ``target="wrong"``."""
+        """The batches with ``correct_id`` / ``wrong_id`` swapped when ``target="wrong"``, so that
+        the attribution metric, the CAA vector and the grid all read target minus foil."""
         for batch in batches:
             if self.hparams.target == "wrong":
                 batch = {**batch, "correct_id": batch["wrong_id"], "wrong_id": batch["correct_id"]}

@@ -582,3 +582,15 @@ def test_method_costs_by_hand():
     assert costs["a2a"] == {"forward_equivalents": 640.0, "seconds": 34.0}  # 15*40 + 2*2*10
     assert costs["actdiff"] == {"forward_equivalents": 120.0, "seconds": 7.0}  # 2*40 + 40
     assert costs["random"] == costs["mid"] == {"forward_equivalents": 40.0, "seconds": 4.0}
+
+
+def test_target_wrong_swaps_the_answers_everywhere(tiny_backbone_dir):
+    batch = {"correct_id": torch.tensor([5, 6]), "wrong_id": torch.tensor([7, 8]), "x": 1}
+    same = next(iter(A2AModule(backbone=tiny_backbone_dir, top_k=2)._targeted([batch])))
+    assert same["correct_id"].tolist() == [5, 6] and same["wrong_id"].tolist() == [7, 8]
+    module = A2AModule(backbone=tiny_backbone_dir, top_k=2, target="wrong")
+    swapped = next(iter(module._targeted([batch])))
+    assert swapped["correct_id"].tolist() == [7, 8] and swapped["wrong_id"].tolist() == [5, 6]
+    assert swapped["x"] == 1 and batch["correct_id"].tolist() == [5, 6]  # input not modified
+    with pytest.raises(ValueError, match="target must be 'correct' or 'wrong'"):
+        A2AModule(backbone=tiny_backbone_dir, top_k=2, target="foil")
