@@ -442,8 +442,9 @@ class A2AModule(FrozenBackbone, LightningModule):
             the corrupted prompt of each pair; Rimsky et al.) or ``mean_diff`` (mean
             ``resid_post`` difference at the last prompt token, clean minus corrupted).
         multipliers: the steering multipliers lambda of the grid and of the top-k search.
-        target: the answer the steered model should prefer: each batch's ``correct`` answer, or
-            its ``wrong`` one (CCC: the in-context capital, the one the clean prompt elicits).
+        steer_toward: the answer the steered model should prefer: each batch's ``correct``
+            answer, or its ``wrong`` one (CCC: the in-context capital, the one the clean prompt
+            elicits).
         top_k: number of top-ranked layers each method steers.
         num_random: random permutations averaged for the random baseline (paper: 10).
         mid_center: the mid-layer baseline's centre as a fraction of the depth.
@@ -458,7 +459,7 @@ class A2AModule(FrozenBackbone, LightningModule):
         per_head_inputs: bool = False,
         vector: Literal["caa", "mean_diff"] = "caa",
         multipliers: tuple[float, ...] = (2.0, 4.0, 8.0),
-        target: Literal["correct", "wrong"] = "correct",
+        steer_toward: Literal["correct", "wrong"] = "correct",
         top_k: int = 3,
         num_random: int = 10,
         mid_center: float = 0.6,
@@ -472,8 +473,8 @@ class A2AModule(FrozenBackbone, LightningModule):
             raise ValueError(f"vector must be 'caa' or 'mean_diff', got {vector!r}")
         if not multipliers:
             raise ValueError("multipliers must hold at least one steering multiplier")
-        if target not in ("correct", "wrong"):
-            raise ValueError(f"target must be 'correct' or 'wrong', got {target!r}")
+        if steer_toward not in ("correct", "wrong"):
+            raise ValueError(f"steer_toward must be 'correct' or 'wrong', got {steer_toward!r}")
         if num_random < 1:
             raise ValueError(f"num_random must be >= 1, got {num_random}")
         self.save_hyperparameters()
@@ -552,10 +553,10 @@ class A2AModule(FrozenBackbone, LightningModule):
         return (self._diff_sum / self._count).float()
 
     def _targeted(self, batches: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
-        """The batches with ``correct_id`` / ``wrong_id`` swapped when ``target="wrong"``, so that
-        the attribution metric, the CAA vector and the grid all read target minus foil."""
+        """The batches with ``correct_id`` / ``wrong_id`` swapped when ``steer_toward="wrong"``, so
+        that the attribution metric, the CAA vector and the grid all read target minus foil."""
         for batch in batches:
-            if self.hparams.target == "wrong":
+            if self.hparams.steer_toward == "wrong":
                 batch = {**batch, "correct_id": batch["wrong_id"], "wrong_id": batch["correct_id"]}
             yield batch
 
@@ -652,7 +653,7 @@ class A2AModule(FrozenBackbone, LightningModule):
             "task": getattr(dm, "behavior", type(dm).__name__),
             "num_layers": num_layers,
             "vector": hp.vector,
-            "target": hp.target,
+            "steer_toward": hp.steer_toward,
             "multipliers": mults,
             "top_k": hp.top_k,
             "steps": hp.steps,

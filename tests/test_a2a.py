@@ -588,9 +588,46 @@ def test_target_wrong_swaps_the_answers_everywhere(tiny_backbone_dir):
     batch = {"correct_id": torch.tensor([5, 6]), "wrong_id": torch.tensor([7, 8]), "x": 1}
     same = next(iter(A2AModule(backbone=tiny_backbone_dir, top_k=2)._targeted([batch])))
     assert same["correct_id"].tolist() == [5, 6] and same["wrong_id"].tolist() == [7, 8]
-    module = A2AModule(backbone=tiny_backbone_dir, top_k=2, target="wrong")
+    module = A2AModule(backbone=tiny_backbone_dir, top_k=2, steer_toward="wrong")
     swapped = next(iter(module._targeted([batch])))
     assert swapped["correct_id"].tolist() == [7, 8] and swapped["wrong_id"].tolist() == [5, 6]
     assert swapped["x"] == 1 and batch["correct_id"].tolist() == [5, 6]  # input not modified
-    with pytest.raises(ValueError, match="target must be 'correct' or 'wrong'"):
-        A2AModule(backbone=tiny_backbone_dir, top_k=2, target="foil")
+    with pytest.raises(ValueError, match="steer_toward must be 'correct' or 'wrong'"):
+        A2AModule(backbone=tiny_backbone_dir, top_k=2, steer_toward="foil")
+
+
+A2A_CONFIGS = sorted(
+    str(p.relative_to(Path(__file__).resolve().parents[1]))
+    for p in (Path(__file__).resolve().parents[1] / "configs" / "a2a").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("config", A2A_CONFIGS)
+def test_every_a2a_config_runs_through_the_cli(config, tiny_backbone_dir, tmp_path):
+    """Each config as committed (only sizes shrunk), with a CSV logger: Lightning merges the
+    model's and the data's hyperparameters for a logger, so a clash of names would fail here."""
+    from interventions.cli import build_cli
+
+    root = Path(__file__).resolve().parents[1]
+    data = (
+        ["--data.max_examples=12", "--data.batch_size=4"]
+        if "MWE" in (root / config).read_text()
+        else ["--data.num_train=4", "--data.num_val=4", "--data.num_test=4", "--data.batch_size=4"]
+    )
+    cli = build_cli(
+        [
+            "--config", str(root / config),
+            f"--model.backbone={tiny_backbone_dir}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            "--model.steps=1", "--model.top_k=2",
+            *data,
+        ],
+        run=False,
+    )  # fmt: skip
+    cli.trainer.fit(cli.model, cli.datamodule)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["test/accuracy"]) == 3  # the tiny backbone's layers
+    assert set(metrics["ndcg"]["accuracy"]) >= {"a2a_in", "a2a_out", "actdiff", "random", "mid"}
