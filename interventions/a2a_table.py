@@ -31,8 +31,8 @@ METHODS: tuple[tuple[str, str], ...] = (
 
 
 def _task(metrics: dict[str, Any], run: Path) -> str:
-    name = str(metrics.get("task", run.name))
-    return run.name if "DataModule" in name else name.rpartition("/")[2]
+    """A column name: the run folder's name (unique, unlike the task of two runs of one task)."""
+    return run.name
 
 
 def ndcg_table(runs: dict[str, dict[str, Any]], truth: str = "accuracy") -> str:
