@@ -328,7 +328,10 @@ def actpatch_scores(
 # ------------------------------------------------------------------------------ AttrPatch
 class _GradientProbe:
     """An edit adding a zero tensor that requires grad at every point, so that ``dL/da`` of each
-    activation ``a`` is the gradient of its probe; also keeps the activations."""
+    activation ``a`` is the gradient of its probe; also keeps the activations.
+
+    ``hooks.record(..., detach=False)`` is not enough here: the backbone is frozen and the inputs
+    are token ids, so without a leaf that requires grad no autograd graph is built at all."""
 
     def __init__(self, points: Sequence[tuple[int, str]]) -> None:
         self._points = list(points)
