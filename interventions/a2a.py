@@ -57,6 +57,7 @@ from interventions.caa import DiffAccumulator, steering_edit
 from interventions.eap import AttributionGraph, eap_ig
 from interventions.export import save_intervention
 from interventions.hooks import attach, last_token_index, position_ids, record
+from interventions.kv_cache import output_cache, with_cache
 from interventions.report import publish_to_wandb
 from interventions.sites import model_dims
 
@@ -328,13 +329,12 @@ def _batch_grid(
         position_ids=position_ids(mask[:, :-1]),
         use_cache=True,
     )
-    cache = out.past_key_values
+    cache = output_cache(out)
     step = dict(
         input_ids=ids[:, -1:],
         attention_mask=mask,
         position_ids=(mask.sum(1) - 1)[:, None],  # the last token's position, [B, 1]
-        past_key_values=cache,
-        use_cache=True,
+        **with_cache(model, cache),
     )
 
     def margin(beta: Tensor | None) -> Tensor:

@@ -74,6 +74,7 @@ from tqdm.auto import tqdm
 from interventions.backbone import DEFAULT_BACKBONE, FrozenBackbone, load_backbone
 from interventions.edits import ActivScalar
 from interventions.hooks import PositionContext, attach, last_token_logits, record
+from interventions.kv_cache import output_cache, with_cache
 from interventions.objectives import kl_to_clean, logit_diff
 from interventions.sites import ModelDims, arch_row, check_layer, check_site, model_dims
 
@@ -285,11 +286,13 @@ def actpatch_scores(
     rows = torch.tensor(plan, dtype=torch.long, device=device)  # [R, 4]
     prefix = None
     if start > 0:  # the shared prefix runs once; its cache is copied to the rows
-        prefix = model(
-            input_ids=batch.ids[:, :start],
-            attention_mask=torch.ones_like(batch.ids[:, :start]),
-            use_cache=True,
-        ).past_key_values
+        prefix = output_cache(
+            model(
+                input_ids=batch.ids[:, :start],
+                attention_mask=torch.ones_like(batch.ids[:, :start]),
+                use_cache=True,
+            )
+        )
     layer_ids = torch.tensor(layers, device=device)
     out = torch.empty(len(plan), device=device)
     chunks = range(0, len(plan), chunk_size)
@@ -308,8 +311,7 @@ def actpatch_scores(
             kwargs.update(
                 input_ids=ids[:, start:],
                 position_ids=torch.arange(start, length, device=device).expand(len(part), -1),
-                past_key_values=cache,
-                use_cache=True,
+                **with_cache(model, cache),
             )
         else:
             kwargs.update(

@@ -15,7 +15,7 @@ step-by-step loop without the cache (re-running the growing sequence inside the 
 block) give identical results.  A ``with`` block therefore covers one batch of prompts and their
 continuations: open a new block for a new batch (a call whose tokens do not extend the block's
 first prompt is taken as a new prompt).  A block may also start with a cached call whose prompt
-prefix ran outside the block (``past_key_values`` given): the first token of that call is then
+prefix ran outside the block (a cache given): the first token of that call is then
 taken as the prompt's last token, so a prompt's cache can be computed once and reused for many
 edited continuations.
 
@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from interventions.kv_cache import passed_cache
 from interventions.sites import model_dims, site_module
 
 
@@ -66,13 +67,23 @@ class Edit(Protocol):
         ...
 
 
-def _past_length(kwargs: dict) -> int:
-    cache = kwargs.get("past_key_values")
+def _past_length(kwargs: dict, seq: int) -> int:
+    """How many tokens of each row's sequence are already in the key/value cache.
+
+    Read from the cache object under whichever keyword the caller used (``cache`` since
+    transformers 5.24, ``past_key_values`` before), else from ``cache_position`` (older
+    ``generate()``), else from the attention mask: a 2-d mask covers the cached tokens and the new
+    ones, so its extra columns are the cached ones.
+    """
+    cache = passed_cache(kwargs)
     if cache is not None and hasattr(cache, "get_seq_length"):
         return int(cache.get_seq_length())
     cache_position = kwargs.get("cache_position")
     if cache_position is not None and cache_position.numel() > 0:
-        return int(cache_position[0])
+        return int(cache_position.reshape(-1)[0])
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        return max(int(mask.shape[1]) - seq, 0)
     return 0
 
 
@@ -109,6 +120,8 @@ class _Session:
     def _continues_prompt(self, input_ids: Tensor | None, mask: Tensor | None) -> bool:
         if self._prompt is None or input_ids is None or input_ids.shape[0] != len(self._prompt):
             return False
+        if mask is not None and mask.shape[1] != input_ids.shape[1]:
+            return False  # a call with fewer columns than its mask continues a cache
         for row, prompt in enumerate(self._prompt):
             ids = input_ids[row] if mask is None else input_ids[row][mask[row].bool()]
             if ids.numel() <= prompt.numel() or not torch.equal(ids[: prompt.numel()], prompt):
@@ -124,7 +137,7 @@ class _Session:
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() != 2:
             mask = None  # a custom 4-d mask: positions fall back to column indices
-        past = _past_length(kwargs)
+        past = _past_length(kwargs, seq)
         if mask is not None:
             full = mask.to(torch.long)
             real = full[:, -seq:].bool()

@@ -41,6 +41,7 @@ from torchmetrics import Metric
 from tqdm.auto import tqdm
 
 from interventions.hooks import Edit, attach, position_ids
+from interventions.kv_cache import output_cache, with_cache
 
 __all__ = [
     "MultipleChoiceAccuracy",
@@ -106,7 +107,7 @@ def _run_prompts(model: nn.Module, ids: Tensor, mask: Tensor, share: bool) -> tu
         use_cache=True,
         logits_to_keep=1,
     )
-    logits, cache = out.logits[:, -1], out.past_key_values  # [U or R, vocab]
+    logits, cache = out.logits[:, -1], output_cache(out)  # [U or R, vocab]
     if shared is not None:
         cache.reorder_cache(shared[2])  # [U] -> [R] rows
         logits = logits[shared[2]]
@@ -217,8 +218,7 @@ def choice_logprobs(
                 input_ids=torch.cat([prompt_ids[:, -1:], cont_ids], dim=1),  # [R, 1 + Tc]
                 attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),  # [R, Tp + Tc]
                 position_ids=torch.cat([prompt_len[:, None] - 1, cont_positions], dim=1),
-                past_key_values=cache,
-                use_cache=True,
+                **with_cache(model, cache),
             )
         total = _continuation_logprob(out.logits[:, 0], out.logits[:, 1:], cont_ids, cont_mask)
         return total, num_tokens
@@ -235,8 +235,7 @@ def choice_logprobs(
             input_ids=cont_ids,
             attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),  # [R, Tp + Tc]
             position_ids=cont_positions,
-            past_key_values=cache,
-            use_cache=True,
+            **with_cache(model, cache),
         )
     total = _continuation_logprob(prompt_logits, cont_out.logits, cont_ids, cont_mask)
     return total, num_tokens

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from interventions.backbone import cache_root
 from interventions.edits import SteerVec
 from interventions.hooks import attach, last_token_index, position_ids, record
+from interventions.kv_cache import output_cache, with_cache
 from interventions.sites import model_dims
 from interventions.steerability import steerability_slopes
 
@@ -194,7 +195,7 @@ def _sweep_logits_packed(model: nn.Module, ids: Tensor, vectors, layers, beta) -
     seeing the shared prefix cache and itself (a 4-d attention mask), at the same position."""
     rows, n = beta.shape[0], ids.numel()
     device = ids.device
-    cache = model(input_ids=ids[None, :-1], use_cache=True).past_key_values if n > 1 else None
+    cache = output_cache(model(input_ids=ids[None, :-1], use_cache=True)) if n > 1 else None
     allowed = torch.zeros(1, 1, rows, n - 1 + rows, dtype=torch.bool, device=device)
     allowed[..., : n - 1] = True
     allowed[0, 0, torch.arange(rows), n - 1 + torch.arange(rows)] = True
@@ -207,8 +208,7 @@ def _sweep_logits_packed(model: nn.Module, ids: Tensor, vectors, layers, beta) -
             input_ids=ids[-1:].expand(rows)[None],
             attention_mask=mask,
             position_ids=torch.full((1, rows), n - 1, device=device),
-            past_key_values=cache,
-            use_cache=cache is not None,
+            **with_cache(model, cache),
         ).logits[0]
 
 
@@ -219,7 +219,7 @@ def _sweep_logits_rows(model: nn.Module, ids: Tensor, vectors, layers, beta) -> 
     edit = _steering_edit(model, vectors, layers)
     cache = None
     if n > 1:
-        cache = model(input_ids=ids[None, :-1], use_cache=True).past_key_values
+        cache = output_cache(model(input_ids=ids[None, :-1], use_cache=True))
         cache.batch_repeat_interleave(rows)
     mask = torch.ones(rows, n, dtype=torch.long, device=ids.device)
     with attach(model, edit, beta):
@@ -227,8 +227,7 @@ def _sweep_logits_rows(model: nn.Module, ids: Tensor, vectors, layers, beta) -> 
             input_ids=ids[None, -1:].expand(rows, 1),
             attention_mask=mask,
             position_ids=torch.full((rows, 1), n - 1, device=ids.device),
-            past_key_values=cache,
-            use_cache=cache is not None,
+            **with_cache(model, cache),
             logits_to_keep=1,
         ).logits[:, -1]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from transformers import (
@@ -17,6 +19,34 @@ from transformers import (
 )
 
 VOCAB = 96
+
+
+class _DeprecatedCacheNames(logging.Handler):
+    """Keeps transformers' log warnings about the deprecated cache names (``past_key_values`` /
+    ``cache_params``, logged once per process when an output's old property is read)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecated" in message and ("past_key_values" in message or "cache_params" in message):
+            self.messages.append(message)
+
+
+_CACHE_NAMES = _DeprecatedCacheNames()
+logging.getLogger("transformers").addHandler(_CACHE_NAMES)
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_cache_names():
+    """Fail the test during which transformers logged that a deprecated cache name was used (the
+    keyword itself is a FutureWarning, turned into an error in pyproject.toml)."""
+    start = len(_CACHE_NAMES.messages)
+    yield
+    logged = _CACHE_NAMES.messages[start:]
+    assert not logged, f"transformers says a deprecated cache name was used: {logged}"
 
 
 def tiny_config(arch: str):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from conftest import ARCHS, random_batch, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
-from interventions.edits import ActivScalar, DynScalar, SteerVec
-from interventions.hooks import attach, last_token_logits, position_ids, record
+from interventions.edits import ActivScalar, AUScale, AUShift, DynScalar, SteerVec
+from interventions.hooks import attach, last_token_index, last_token_logits, position_ids, record
+from interventions.kv_cache import cache_keyword, output_cache
 from interventions.sites import SITES, model_dims, site_module
 
 
@@ -171,6 +174,112 @@ def test_generate_with_cache_equals_loop_without_cache(arch, make):
     plain = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
     # the edit does act on the generated steps (the last step's logits differ)
     assert not torch.allclose(plain.logits[-1], out.logits[-1], atol=1e-4)
+
+
+EDIT_TYPES = {
+    "activscalar-prompt": lambda d: ActivScalar(
+        d, sites=["attn_out", "mlp_out"], positions="all", num_positions=6
+    ),
+    "steervec-last": lambda d: SteerVec(d, sites=["resid_post"], positions="last"),
+    "dynscalar-every": lambda d: DynScalar(d, sites=["mlp_out", "attn_z"], positions="all"),
+    "auscale-last": lambda d: AUScale(d, sites=["mlp_act"], positions="last"),
+    "aushift-every": lambda d: AUShift(d, sites=["attn_z"], positions="all"),
+}
+
+
+def _decode(model, ids, mask, steps, keyword, cache_position):
+    """Greedy cached decoding, calling the model the way one transformers release or another does.
+
+    ``keyword`` is the name the cache is passed under as the pre-hooks see it: ``"cache"``
+    (transformers >= 5.24), ``"past_key_values"`` (before), or ``"hidden"``: the cache reaches
+    ``forward`` but no pre-hook can see it (a wrapper that holds it itself).  ``cache_position``
+    adds the column positions older ``generate()`` passed.  A pre-hook registered after
+    ``attach``'s (so it runs after it) renames the cache to what the installed model takes.
+    """
+    takes = cache_keyword(model)
+    takes_cache_position = "cache_position" in inspect.signature(model.forward).parameters
+    held: dict = {}
+
+    def hand_over(module, args, kwargs):
+        for name in ("cache", "past_key_values"):
+            if name in kwargs:
+                kwargs[takes] = kwargs.pop(name)
+        if "cache" in held:
+            kwargs[takes], kwargs["use_cache"] = held["cache"], True
+        if not takes_cache_position:
+            kwargs.pop("cache_position", None)
+        return args, kwargs
+
+    handle = model.register_forward_pre_hook(hand_over, with_kwargs=True)
+    try:
+        cache, step_logits, seq, seq_mask = None, [], ids, mask
+        new_ids, new_pos = ids, position_ids(mask)
+        for _ in range(steps):
+            kwargs = dict(input_ids=new_ids, attention_mask=seq_mask, position_ids=new_pos)
+            if cache_position:
+                past = seq_mask.shape[1] - new_ids.shape[1]
+                kwargs["cache_position"] = torch.arange(past, seq_mask.shape[1])
+            if cache is not None and keyword != "hidden":
+                kwargs[keyword] = cache
+            out = model(**kwargs, use_cache=True)
+            cache = output_cache(out)
+            if keyword == "hidden":
+                held["cache"] = cache
+            logits = out.logits[
+                torch.arange(len(ids)), last_token_index(seq_mask[:, -new_ids.shape[1] :])
+            ]
+            step_logits.append(logits)
+            nxt = logits.argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+            seq_mask = torch.cat([seq_mask, torch.ones_like(nxt)], 1)
+            new_ids, new_pos = nxt, (seq_mask.sum(1) - 1)[:, None]
+    finally:
+        handle.remove()
+    return seq, step_logits
+
+
+def _decode_without_cache(model, ids, mask, steps):
+    """Reference: re-run the whole growing sequence each step, no cache."""
+    seq, seq_mask, step_logits = ids, mask, []
+    for _ in range(steps):
+        logits = model(
+            input_ids=seq,
+            attention_mask=seq_mask,
+            position_ids=position_ids(seq_mask),
+            use_cache=False,
+        ).logits
+        logits = logits[torch.arange(len(ids)), last_token_index(seq_mask)]
+        step_logits.append(logits)
+        nxt = logits.argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+        seq_mask = torch.cat([seq_mask, torch.ones_like(nxt)], 1)
+    return seq, step_logits
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values", "hidden"])
+@pytest.mark.parametrize(
+    "cache_position", [True, False], ids=["cache_position", "no_cache_position"]
+)
+@pytest.mark.parametrize("kind", list(EDIT_TYPES))
+def test_cached_decoding_under_every_cache_convention(arch, padding, keyword, cache_position, kind):
+    """Cached decoding == the no-cache loop, whatever name the cache comes under, with or without
+    ``cache_position``, left or right padding, for every edit type."""
+    model = tiny_model(arch)
+    edit = _fill(EDIT_TYPES[kind](model_dims(model)), scale=1.0)
+    ids, mask, _ = random_batch(2, [6, 4], padding, seed=1)
+    beta = torch.tensor([1.0, -1.0])
+    with attach(model, edit, beta=beta):
+        cached, cached_logits = _decode(model, ids, mask, 4, keyword, cache_position)
+    with attach(model, edit, beta=beta):
+        loop, loop_logits = _decode_without_cache(model, ids, mask, 4)
+    assert torch.equal(cached, loop)
+    for a, b in zip(cached_logits, loop_logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _, plain_logits = _decode_without_cache(model, ids, mask, 4)
+    # the edit acts on the generated steps, not only on the prompt
+    assert not torch.allclose(plain_logits[-1], loop_logits[-1], atol=1e-4)
 
 
 def test_errors(llama):
