@@ -10,11 +10,14 @@ next-token logits with the intervention at ``beta = +1`` / ``-1`` and ``f`` the 
 * minimality (Eq. 8): the loss penalises the L1 norm of the parameters; the metric counts the
   parameters with ``|theta| >= 0.01``.
 
-Loss = ``-E_m + lambda_F * (-F) + lambda_M * L1``.
+Loss = ``-E_m + lambda_F * (-F) + lambda_M * L1``.  The L1 term is either a plain penalty in the
+loss (its subgradient goes through Adam) or handled by a proximal step after each optimiser step
+(:func:`soft_threshold_`), which sets small values to exactly zero.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -92,16 +95,32 @@ def three_term_loss(
     )
 
 
+@torch.no_grad()
+def soft_threshold_(params: Iterable[Tensor], threshold: float) -> None:
+    """The proximal step of ``threshold * ||theta||_1``, in place:
+    ``theta <- sign(theta) * max(|theta| - threshold, 0)``.
+
+    Values within ``threshold`` of zero become exactly zero (and stay there until a gradient step
+    moves them out again); the others move ``threshold`` towards zero.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}.")
+    for p in params:
+        p.copy_(p.sign() * (p.abs() - threshold).clamp(min=0.0))
+
+
 class InterventionMetrics(MetricCollection):
     """Running means over an evaluation split, logged under ``<prefix>effectiveness`` etc.
 
-    ``effectiveness`` (E_0, <= 0, 0 is best), ``faithfulness`` (-KL sum, <= 0), ``flip_rate``
+    ``effectiveness`` (E_0, <= 0, 0 is best), ``effectiveness_margin`` (E_m with the training
+    margin: the hinge part of the loss, negated), ``faithfulness`` (-KL sum, <= 0), ``flip_rate``
     (fraction of prompts flipped both ways), ``logit_diff_pos`` / ``_neg`` / ``_clean``.
     ``minimality`` depends on the parameters, not the data, and is logged by the module.
     """
 
     NAMES = (
         "effectiveness",
+        "effectiveness_margin",
         "faithfulness",
         "flip_rate",
         "logit_diff_pos",
@@ -116,6 +135,7 @@ class InterventionMetrics(MetricCollection):
         """Add one batch."""
         values = dict(
             effectiveness=-terms.hinge0,
+            effectiveness_margin=-terms.hinge,
             faithfulness=-terms.kl,
             flip_rate=terms.flipped.float(),
             logit_diff_pos=terms.diff_pos,

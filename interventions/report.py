@@ -4,7 +4,9 @@
   (``final/<split>/<metric>``);
 * the edit -> ``<run>/intervention/`` (safetensors + JSON; a W&B artifact when logging to W&B);
 * plots -> ``<run>/plots/heatmap.png`` (learned scalars per site over layers x tokens of an
-  example prompt) and ``<run>/plots/logits_vs_beta.png``; also logged as W&B images.
+  example prompt) and ``<run>/plots/logits_vs_beta.png``; also logged as W&B images;
+* steered text -> ``<run>/samples.md``: greedy continuations of a few test prompts at beta = +1,
+  0 and -1 (a W&B table ``samples`` too).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from interventions.edits import ActivScalar, DynScalar, PointEdit, SteerVec
 from interventions.export import save_intervention
+from interventions.generate import samples_markdown, steered_continuations
 from interventions.hooks import record
 from interventions.plots import logits_vs_beta, site_heatmaps
 
@@ -111,8 +114,36 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
         [run / "plots" / "heatmap.png", run / "plots" / "logits_vs_beta.png"],
         folder,
     )
+    write_samples(module, [ex.prompt for ex in dm.test_examples], run)
     rank_zero_info(f"exported the intervention to {folder}")
     return metrics
+
+
+def write_samples(module: InterventionModule, prompts: Sequence[str], run: Path) -> Path | None:
+    """``<run>/samples.md`` (and a W&B table): greedy continuations of the first
+    ``module.hparams.num_samples`` prompts at beta = +1, 0, -1."""
+    count = int(module.hparams.get("num_samples", 0) or 0)
+    if count <= 0 or not prompts:
+        return None
+    samples = steered_continuations(
+        module.model,
+        module.tokenizer,
+        module.edit,
+        list(prompts[:count]),
+        betas=(1.0, 0.0, -1.0),
+        max_new_tokens=int(module.hparams.get("sample_tokens", 12)),
+    )
+    title = f"{type(module.edit).__name__} on {module.hparams.backbone}: steered samples"
+    path = run / "samples.md"
+    path.write_text(samples_markdown(samples, title))
+    rows = [
+        [s["prompt"], beta, text] for s in samples for beta, text in s["continuations"].items()
+    ]
+    for logger in module.trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table("samples", columns=["prompt", "beta", "continuation"], data=rows)
+    rank_zero_info(f"steered samples in {path}")
+    return path
 
 
 def publish_to_wandb(

@@ -2,9 +2,14 @@
 
 :class:`InterventionModule` wraps a frozen backbone and one edit (ActivScalar, SteerVec or
 DynScalar, see :mod:`interventions.edits`) and trains the edit on effectiveness + faithfulness +
-minimality.  Each training step runs the beta = +1, beta = -1 and clean passes as one
-concatenated batch (beta is a per-row runtime argument; the clean rows have beta = 0 and their
-logits are detached).
+minimality.  Each training step runs the beta = +1 and beta = -1 passes as one concatenated
+batch (beta is a per-row runtime argument).  The clean logits never change for a frozen
+backbone, so they are computed once per prompt and kept on the device (``cache_clean_logits``);
+without the cache the clean rows join the batch with beta = 0 and their logits are detached.
+
+Minimality is an L1 term: a plain penalty in the loss (``sparsity="penalty"``), or a proximal
+(soft-threshold) step after every optimiser step (``sparsity="proximal"``), which drives
+unimportant parameters to exactly zero.
 
 The backbone is held outside the module tree, so checkpoints contain the edit's parameters and
 the hyperparameters only; loading a checkpoint reloads the backbone by name.  At the end of
@@ -21,16 +26,23 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from interventions.backbone import DEFAULT_BACKBONE, FrozenBackbone, load_backbone
 from interventions.edits import EDITS, PointEdit, PositionSpec, build_edit
 from interventions.hooks import attach, last_token_logits
-from interventions.objectives import InterventionMetrics, objective_terms, three_term_loss
+from interventions.objectives import (
+    InterventionMetrics,
+    objective_terms,
+    soft_threshold_,
+    three_term_loss,
+)
 from interventions.sites import model_dims
 
 EditKind = Literal["activscalar", "steervec", "dynscalar"]
+Sparsity = Literal["penalty", "proximal"]
 
 
 class InterventionModule(FrozenBackbone, L.LightningModule):
@@ -50,11 +62,24 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         init_std: standard deviation sigma of the N(0, sigma) initialisation.
         lambda_f: weight lambda_F of the faithfulness (KL) term.
         lambda_m: weight lambda_M of the L1 minimality term.
+        sparsity: how the L1 term is optimised: ``"penalty"`` (added to the loss; Adam follows its
+            subgradient, values hover near but rarely at zero) or ``"proximal"`` (after each
+            optimiser step ``theta <- sign(theta) * max(|theta| - lr * lambda_M, 0)``: exact zeros).
         margin: margin m of the effectiveness hinge.
         lr: Adam learning rate.
         dtype: backbone dtype (``float32``, ``bfloat16``, ``float16``).
         adapter: optional PEFT adapter folder merged into the backbone.
         beta_grid: betas for the logit-difference-vs-beta plot made at the end of ``fit``.
+        cache_clean_logits: compute each prompt's clean logits once and keep them on the device
+            (``prompts x vocab`` floats; 200 IOI prompts on SmolLM2: 39 MB); ``False`` runs the
+            clean rows in every step.
+        early_stopping_patience: stop ``fit`` when ``val/loss`` (the full objective, L1
+            included) has not improved by ``early_stopping_min_delta`` for this many validation
+            epochs; ``None`` trains for ``trainer.max_epochs``.
+        early_stopping_min_delta: the improvement of ``val/loss`` that counts.
+        num_samples: test prompts continued greedily with beta = +1, 0, -1 at the end of
+            ``fit`` (``<run>/samples.md`` and a W&B table); 0 = none.
+        sample_tokens: new tokens per continuation.
     """
 
     def __init__(
@@ -73,12 +98,24 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         dtype: str = "float32",
         adapter: str | None = None,
         beta_grid: list[float] | None = None,
+        sparsity: Sparsity = "penalty",
+        cache_clean_logits: bool = True,
+        early_stopping_patience: int | None = None,
+        early_stopping_min_delta: float = 0.0,
+        num_samples: int = 4,
+        sample_tokens: int = 12,
     ) -> None:
         super().__init__()
         if edit not in EDITS:
             raise ValueError(f"Unknown edit {edit!r}. Available: {', '.join(sorted(EDITS))}.")
         if lambda_f < 0 or lambda_m < 0 or margin < 0:
             raise ValueError("lambda_f, lambda_m and margin must be >= 0.")
+        if sparsity not in ("penalty", "proximal"):
+            raise ValueError(f"sparsity must be 'penalty' or 'proximal', got {sparsity!r}.")
+        if early_stopping_patience is not None and early_stopping_patience < 1:
+            raise ValueError(
+                f"early_stopping_patience must be >= 1 or null, got {early_stopping_patience}."
+            )
         self.save_hyperparameters()
         self.sites = list(sites) if sites else ["attn_out", "mlp_out"]
         model, tokenizer = load_backbone(backbone, dtype=dtype, adapter=adapter)
@@ -89,6 +126,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         self.edit: PointEdit | None = None
         if not self._needs_prompt_length():
             self._build_edit(num_positions)
+        self._clean_cache: dict[bytes, Tensor] = {}  # prompt tokens -> clean logits [vocab]
         self.val_metrics = InterventionMetrics("val/")
         self.test_metrics = InterventionMetrics("test/")
 
@@ -133,6 +171,25 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.edit.parameters(), lr=self.hparams.lr)
 
+    def configure_callbacks(self) -> list[Callback]:
+        patience = self.hparams.early_stopping_patience
+        if patience is None:
+            return []
+        return [
+            EarlyStopping(
+                monitor="val/loss",
+                mode="min",
+                patience=patience,
+                min_delta=self.hparams.early_stopping_min_delta,
+            )
+        ]
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.hparams.sparsity == "proximal" and self.hparams.lambda_m > 0:
+            for group in optimizer.param_groups:
+                soft_threshold_(group["params"], group["lr"] * self.hparams.lambda_m)
+
     # ------------------------------------------------------------------------------ forward
     def _check_lengths(self, mask: Tensor) -> None:
         if not (self.edit.position_tied and self.edit.positions == "all"):
@@ -147,7 +204,11 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             )
 
     def three_way_logits(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits at the last prompt token for beta = +1, -1 and the clean model, one pass."""
+        """Logits at the last prompt token for beta = +1, -1 and the clean model.
+
+        The edited rows run as one batch; the clean logits come from the per-prompt cache
+        (``cache_clean_logits``) or, without it, from beta = 0 rows of the same batch.
+        """
         if self.edit is None:
             raise RuntimeError(
                 "The edit is not built yet: position-tied edits take num_positions from the data "
@@ -157,11 +218,37 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         self._check_lengths(mask)
         n = ids.shape[0]
-        beta = torch.cat([ids.new_ones(n), -ids.new_ones(n), ids.new_zeros(n)]).float()
+        if not self.hparams.cache_clean_logits:
+            beta = torch.cat([ids.new_ones(n), -ids.new_ones(n), ids.new_zeros(n)]).float()
+            with attach(self.model, self.edit, beta=beta):
+                logits = last_token_logits(self.model, ids.repeat(3, 1), mask.repeat(3, 1))
+            pos, neg, clean = logits.split(n)
+            return pos, neg, clean.detach()
+        clean = self.clean_logits(ids, mask)
+        beta = torch.cat([ids.new_ones(n), -ids.new_ones(n)]).float()
         with attach(self.model, self.edit, beta=beta):
-            logits = last_token_logits(self.model, ids.repeat(3, 1), mask.repeat(3, 1))
-        pos, neg, clean = logits.split(n)
-        return pos, neg, clean.detach()
+            logits = last_token_logits(self.model, ids.repeat(2, 1), mask.repeat(2, 1))
+        pos, neg = logits.split(n)
+        return pos, neg, clean
+
+    @torch.no_grad()
+    def clean_logits(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """``[batch, vocab]`` unedited logits at each prompt's last token, each prompt's computed
+        once (keyed by its real tokens, so padding, batching and shuffling do not matter) and
+        kept on the device; only prompts not seen before run through the model."""
+        rows = ids.detach().cpu()
+        real = mask.detach().cpu().bool()
+        keys = [rows[r][real[r]].numpy().tobytes() for r in range(rows.shape[0])]
+        todo: dict[bytes, int] = {}  # prompts not seen before -> their first row
+        for r, key in enumerate(keys):
+            if key not in self._clean_cache and key not in todo:
+                todo[key] = r
+        if todo:
+            index = torch.tensor(list(todo.values()), device=ids.device)
+            logits = last_token_logits(self.model, ids[index], mask[index])
+            for key, row in zip(todo, logits, strict=True):
+                self._clean_cache[key] = row
+        return torch.stack([self._clean_cache[key] for key in keys]).to(ids.device)
 
     def _terms(self, batch: dict[str, Any]):
         pos, neg, clean = self.three_way_logits(batch)
@@ -172,7 +259,10 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
     def loss(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Any]:
         """The three-term loss of one batch, its parts and the per-example terms."""
         terms = self._terms(batch)
-        parts = three_term_loss(terms, self.edit.l1(), self.hparams.lambda_f, self.hparams.lambda_m)
+        h = self.hparams
+        # the proximal step handles L1 after the optimiser step: not in the gradient
+        lambda_m = h.lambda_m if h.sparsity == "penalty" else 0.0
+        parts = three_term_loss(terms, self.edit.l1(), h.lambda_f, lambda_m)
         return parts, terms
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -192,7 +282,15 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         self.test_metrics.update_from(self._terms(batch))
 
     def _log_epoch(self, metrics: InterventionMetrics, prefix: str) -> None:
-        self.log_dict(metrics.compute(), prog_bar=prefix == "val/")
+        values = metrics.compute()
+        self.log_dict(values, prog_bar=prefix == "val/")
+        h = self.hparams
+        objective = (
+            -values[f"{prefix}effectiveness_margin"]
+            - h.lambda_f * values[f"{prefix}faithfulness"]
+            + h.lambda_m * self.edit.l1().detach()
+        )
+        self.log(f"{prefix}loss", objective)
         self.log(f"{prefix}minimality", float(self.edit.count_nonnegligible()))
         self.log(f"{prefix}num_parameters", float(self.edit.num_parameters()))
         metrics.reset()

@@ -150,6 +150,10 @@ def test_checkpoint_has_no_backbone_and_resume_continues(tiny_backbone_dir, tmp_
     assert metrics["test"]["num_parameters"] == module.edit.num_parameters()
     assert (run / "plots" / "heatmap.png").stat().st_size > 1000
     assert (run / "plots" / "logits_vs_beta.png").stat().st_size > 1000
+    # steered text of the first num_samples (default 4) test prompts at beta = +1, 0, -1
+    samples = (run / "samples.md").read_text()
+    assert samples.count("## Prompt") == 4
+    assert samples.count("| +1 |") == samples.count("| +0 |") == samples.count("| -1 |") == 4
 
 
 @pytest.mark.parametrize("edit", ["activscalar", "steervec", "dynscalar"])

@@ -1,0 +1,212 @@
+"""Steered text: greedy continuations of prompts under an edit at several betas.
+
+:func:`steered_continuations` is the function (used at the end of ``fit`` to write
+``samples.md``); :func:`main` is the shell command ::
+
+    python -m interventions generate --intervention runs/ioi/activscalar/intervention \\
+        --prompt "Then, John and Mary went to the store. John gave a drink to" --beta 1 0 -1
+
+It steers with any exported edit (ActivScalar, SteerVec, DynScalar, AUSteer's AUScale /
+AUShift, CAA vectors); with ``--predictor <run>/w2s_predictor`` a W2S layer predictor picks the
+layer each prompt is steered at (the intervention then holds one vector per layer, as a W2S run
+exports it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from interventions.backbone import load_backbone
+from interventions.edits import PointEdit
+from interventions.export import load_intervention, read_intervention_config
+from interventions.hooks import attach
+
+
+def check_prompt_lengths(edit: PointEdit, lengths: Sequence[int]) -> None:
+    """Refuse prompts a position-tied edit has no parameters for (clear message, before any
+    model call)."""
+    if not (edit.position_tied and edit.positions == "all"):
+        return
+    expected = edit.num_positions
+    wrong = sorted({n for n in lengths if n != expected})
+    if wrong:
+        raise ValueError(
+            f"This {type(edit).__name__} ties one parameter to each of {expected} prompt "
+            f"positions (it was trained on prompts of {expected} tokens), but the prompts have "
+            f"{wrong} tokens. Use prompts of the training template's length, or an edit "
+            "trained with positions='last' / a DynScalar for prompts of any length."
+        )
+
+
+@torch.no_grad()
+def steered_continuations(
+    model: nn.Module,
+    tokenizer: Any,
+    edit: PointEdit,
+    prompts: Sequence[str] | None = None,
+    betas: Sequence[float] = (1.0, 0.0, -1.0),
+    max_new_tokens: int = 20,
+    input_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    layer_of_prompt: Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """Greedy continuations of each prompt with ``edit`` attached at each beta.
+
+    Args:
+        model, tokenizer: the backbone the edit was made for.
+        edit: any edit (:func:`interventions.export.load_intervention`).
+        prompts: texts, tokenised as they are (apply a chat template first if the edit was
+            trained on chat prompts); or give ``input_ids`` / ``attention_mask`` (left-padded).
+        betas: strengths; ``0`` is the unedited model.
+        max_new_tokens: new tokens per continuation.
+        layer_of_prompt: ``[N]`` one layer per prompt (a W2S prediction): the edit acts only at
+            that layer of each row (beta becomes ``[N, len(edit.layers)]``).
+
+    Returns:
+        One dict per prompt: ``prompt`` (text) and ``continuations`` (``{beta: text}``).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if input_ids is None:
+        if not prompts:
+            raise ValueError("Give at least one prompt.")
+        batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("Prompts must be left-padded for generation (tokenizer.padding_side).")
+    check_prompt_lengths(edit, attention_mask.sum(1).tolist())
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    texts = [
+        tokenizer.decode(row[mask.bool()], skip_special_tokens=False)
+        for row, mask in zip(input_ids, attention_mask, strict=True)
+    ]
+    rows = input_ids.shape[0]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = [{"prompt": text, "continuations": {}} for text in texts]
+    for beta in betas:
+        if layer_of_prompt is not None:
+            layers = torch.tensor(edit.layers)
+            strength = (layers[None, :] == layer_of_prompt.cpu()[:, None]).float() * float(beta)
+            if bool((strength.sum(1) == 0).any()) and beta != 0:
+                raise ValueError(
+                    f"A predicted layer is not among the edit's layers {edit.layers}; the "
+                    "predictor and the intervention do not belong together."
+                )
+        else:
+            strength = torch.full((rows,), float(beta))
+        with attach(model, edit, beta=strength.to(device)):
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        new = generated[:, input_ids.shape[1] :]
+        for r in range(rows):
+            out[r]["continuations"][float(beta)] = tokenizer.decode(
+                new[r], skip_special_tokens=True
+            )
+    return out
+
+
+def samples_markdown(samples: list[dict[str, Any]], title: str) -> str:
+    """``samples.md``: one table per prompt, one row per beta."""
+    lines = [f"# {title}", "", "Greedy continuations; β = 0 is the unedited model.", ""]
+    for i, sample in enumerate(samples):
+        lines += [f"## Prompt {i + 1}", "", "```", sample["prompt"], "```", ""]
+        lines += ["| β | continuation |", "|---|---|"]
+        for beta, text in sample["continuations"].items():
+            cell = text.replace("|", "\\|").replace("\n", "⏎")
+            lines.append(f"| {beta:+g} | {cell} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _predicted_layers(predictor_dir: str, prompts: list[str], tokenizer: Any) -> Tensor:
+    # the W2S package pulls the encoders and the MWE data code: only loaded when asked for
+    from interventions.w2s import encode_prompts, load_predictor, prompt_text
+
+    predictor = load_predictor(predictor_dir)
+    encoder = predictor.encoder_config or {}
+    name = encoder.get("encoder", "minilm")
+    texts = prompts if name == "lm_internal" else [prompt_text(p, tokenizer) for p in prompts]
+    embedding = encode_prompts(
+        texts,
+        encoder=name,
+        backbone=encoder.get("backbone"),
+        pooling=encoder.get("pooling", "last"),
+    )
+    return predictor.predict_layer(embedding)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """``python -m interventions generate``: print steered continuations."""
+    parser = argparse.ArgumentParser(
+        prog="python -m interventions generate",
+        description="Greedy continuations of prompts with an exported intervention at each beta.",
+    )
+    parser.add_argument("--intervention", required=True, help="an exported intervention folder")
+    parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    parser.add_argument("--beta", type=float, nargs="+", default=[1.0, 0.0, -1.0])
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument(
+        "--backbone", help="model to steer (default: the one named in intervention.json)"
+    )
+    parser.add_argument(
+        "--predictor", help="a W2S predictor folder: steer each prompt at its predicted layer"
+    )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap each prompt in the tokenizer's chat template (user turn + assistant start)",
+    )
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    meta = read_intervention_config(args.intervention)
+    backbone = args.backbone or meta.get("backbone")
+    if not backbone:
+        raise SystemExit(f"{args.intervention} names no backbone: pass --backbone.")
+    edit = load_intervention(args.intervention)
+    model, tokenizer = load_backbone(backbone, dtype=args.dtype, device=args.device)
+    prompts = list(args.prompt)
+    if args.chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise SystemExit(f"{backbone}'s tokenizer has no chat template: drop --chat.")
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            for p in prompts
+        ]
+    layers = None
+    if args.predictor:
+        layers = _predicted_layers(args.predictor, prompts, tokenizer)
+    samples = steered_continuations(
+        model,
+        tokenizer,
+        edit.to(args.device),
+        prompts,
+        betas=args.beta,
+        max_new_tokens=args.max_new_tokens,
+        layer_of_prompt=layers,
+    )
+    for i, sample in enumerate(samples):
+        where = f" (W2S layer {int(layers[i])})" if layers is not None else ""
+        print(f"--- prompt {i + 1}{where}: {sample['prompt']!r}")
+        for beta, text in sample["continuations"].items():
+            print(f"  beta {beta:+g}: {text!r}")
+    return samples
+
+
+__all__ = ["check_prompt_lengths", "main", "samples_markdown", "steered_continuations"]
