@@ -136,9 +136,7 @@ def write_samples(module: InterventionModule, prompts: Sequence[str], run: Path)
     title = f"{type(module.edit).__name__} on {module.hparams.backbone}: steered samples"
     path = run / "samples.md"
     path.write_text(samples_markdown(samples, title))
-    rows = [
-        [s["prompt"], beta, text] for s in samples for beta, text in s["continuations"].items()
-    ]
+    rows = [[s["prompt"], beta, text] for s in samples for beta, text in s["continuations"].items()]
     for logger in module.trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_table("samples", columns=["prompt", "beta", "continuation"], data=rows)
