@@ -43,6 +43,7 @@ from interventions.sites import model_dims
 
 EditKind = Literal["activscalar", "steervec", "dynscalar"]
 Sparsity = Literal["penalty", "proximal"]
+EarlyStoppingMonitor = Literal["val/flip_rate", "val/effectiveness", "val/loss"]
 
 
 class InterventionModule(FrozenBackbone, L.LightningModule):
@@ -73,10 +74,14 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         cache_clean_logits: compute each prompt's clean logits once and keep them on the device
             (``prompts x vocab`` floats; 200 IOI prompts on SmolLM2: 39 MB); ``False`` runs the
             clean rows in every step.
-        early_stopping_patience: stop ``fit`` when ``val/loss`` (the full objective, L1
-            included) has not improved by ``early_stopping_min_delta`` for this many validation
-            epochs; ``None`` trains for ``trainer.max_epochs``.
-        early_stopping_min_delta: the improvement of ``val/loss`` that counts.
+        early_stopping_patience: stop ``fit`` when ``early_stopping_monitor`` has not improved
+            by ``early_stopping_min_delta`` for this many validation epochs; ``None`` trains for
+            ``trainer.max_epochs``.
+        early_stopping_monitor: the validation metric watched: ``val/flip_rate`` (maximised;
+            stops once the flips are reached and hold), ``val/effectiveness`` (maximised) or
+            ``val/loss`` (the objective with lambda_M * L1, minimised; with the proximal step
+            L1 is not what Adam minimises, so prefer the flip rate there).
+        early_stopping_min_delta: the improvement that counts.
         num_samples: test prompts continued greedily with beta = +1, 0, -1 at the end of
             ``fit`` (``<run>/samples.md`` and a W&B table); 0 = none.
         sample_tokens: new tokens per continuation.
@@ -101,6 +106,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         sparsity: Sparsity = "penalty",
         cache_clean_logits: bool = True,
         early_stopping_patience: int | None = None,
+        early_stopping_monitor: EarlyStoppingMonitor = "val/flip_rate",
         early_stopping_min_delta: float = 0.0,
         num_samples: int = 4,
         sample_tokens: int = 12,
@@ -112,6 +118,11 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             raise ValueError("lambda_f, lambda_m and margin must be >= 0.")
         if sparsity not in ("penalty", "proximal"):
             raise ValueError(f"sparsity must be 'penalty' or 'proximal', got {sparsity!r}.")
+        if early_stopping_monitor not in ("val/flip_rate", "val/effectiveness", "val/loss"):
+            raise ValueError(
+                "early_stopping_monitor must be 'val/flip_rate', 'val/effectiveness' or "
+                f"'val/loss', got {early_stopping_monitor!r}."
+            )
         if early_stopping_patience is not None and early_stopping_patience < 1:
             raise ValueError(
                 f"early_stopping_patience must be >= 1 or null, got {early_stopping_patience}."
@@ -175,10 +186,11 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         patience = self.hparams.early_stopping_patience
         if patience is None:
             return []
+        monitor = self.hparams.early_stopping_monitor
         return [
             EarlyStopping(
-                monitor="val/loss",
-                mode="min",
+                monitor=monitor,
+                mode="min" if monitor == "val/loss" else "max",
                 patience=patience,
                 min_delta=self.hparams.early_stopping_min_delta,
             )

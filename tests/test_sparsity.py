@@ -122,15 +122,25 @@ def test_cached_clean_logits_equal_recomputed(tiny_backbone_dir):
     assert not first[2].requires_grad and first[0].requires_grad
 
 
-def test_early_stopping_on_val_loss(tiny_backbone_dir, tmp_path):
+@pytest.mark.parametrize("monitor", ["val/flip_rate", "val/loss"])
+def test_early_stopping(tiny_backbone_dir, tmp_path, monitor):
     dm = _datamodule(tiny_backbone_dir)
     # an improvement of 1e9 is never reached: stop after patience + 1 validation epochs
     module = InterventionModule(
-        backbone=tiny_backbone_dir, early_stopping_patience=2, early_stopping_min_delta=1e9
+        backbone=tiny_backbone_dir,
+        early_stopping_patience=2,
+        early_stopping_monitor=monitor,
+        early_stopping_min_delta=1e9,
     )
     trainer = _trainer(tmp_path, max_epochs=10)
     trainer.fit(module, dm)
     assert trainer.current_epoch == 3
-    assert "val/loss" in trainer.callback_metrics
+    assert monitor in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
+    (stopper,) = [c for c in trainer.callbacks if type(c).__name__ == "EarlyStopping"]
+    assert stopper.monitor == monitor and stopper.mode == (
+        "min" if monitor == "val/loss" else "max"
+    )
+    with pytest.raises(ValueError, match="early_stopping_monitor must be"):
+        InterventionModule(backbone=tiny_backbone_dir, early_stopping_monitor="val/l1")
     with pytest.raises(ValueError, match="early_stopping_patience must be >= 1"):
         InterventionModule(backbone=tiny_backbone_dir, early_stopping_patience=0)
