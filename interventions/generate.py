@@ -48,11 +48,9 @@ def steered_continuations(
     model: nn.Module,
     tokenizer: Any,
     edit: PointEdit,
-    prompts: Sequence[str] | None = None,
+    prompts: Sequence[str],
     betas: Sequence[float] = (1.0, 0.0, -1.0),
     max_new_tokens: int = 20,
-    input_ids: Tensor | None = None,
-    attention_mask: Tensor | None = None,
     layer_of_prompt: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy continuations of each prompt with ``edit`` attached at each beta.
@@ -61,7 +59,7 @@ def steered_continuations(
         model, tokenizer: the backbone the edit was made for.
         edit: any edit (:func:`interventions.export.load_intervention`).
         prompts: texts, tokenised as they are (apply a chat template first if the edit was
-            trained on chat prompts); or give ``input_ids`` / ``attention_mask`` (left-padded).
+            trained on chat prompts); the tokenizer must pad on the left.
         betas: strengths; ``0`` is the unedited model.
         max_new_tokens: new tokens per continuation.
         layer_of_prompt: ``[N]`` one layer per prompt (a W2S prediction): the edit acts only at
@@ -72,13 +70,10 @@ def steered_continuations(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    if input_ids is None:
-        if not prompts:
-            raise ValueError("Give at least one prompt.")
-        batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+    if not prompts:
+        raise ValueError("Give at least one prompt.")
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("Prompts must be left-padded for generation (tokenizer.padding_side).")
     check_prompt_lengths(edit, attention_mask.sum(1).tolist())

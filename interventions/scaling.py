@@ -260,7 +260,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             logits = last_token_logits(self.model, ids[index], mask[index])
             for key, row in zip(todo, logits, strict=True):
                 self._clean_cache[key] = row
-        return torch.stack([self._clean_cache[key] for key in keys]).to(ids.device)
+        return torch.stack([self._clean_cache[key] for key in keys])
 
     def _terms(self, batch: dict[str, Any]):
         pos, neg, clean = self.three_way_logits(batch)

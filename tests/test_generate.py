@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
+from test_hooks import _fill as _filled
 
 from interventions.backbone import load_backbone
 from interventions.edits import EDITS, SteerVec
@@ -21,14 +22,6 @@ from interventions.w2s import W2SModule
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Then, John and Mary went to the store. John gave a drink to"
-
-
-def _filled(edit, scale=0.8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in edit.params.values():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return edit
 
 
 def _greedy(model, ids, steps):
