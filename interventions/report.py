@@ -69,10 +69,12 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
         rank_zero_info(f"exported the intervention to {folder} (no data module: no final metrics)")
         return {}
     fit_seconds = time.perf_counter() - getattr(module, "_fit_started", time.perf_counter())
+    # the test split's metrics and the logits-vs-beta curve come from one pass
+    test, curve = module.evaluate_with_curve(dm.test_dataloader(), module.beta_grid)
     metrics = {
         "train": module.evaluate(dm.train_dataloader()),
         "val": module.evaluate(dm.val_dataloader()),
-        "test": module.evaluate(dm.test_dataloader()),
+        "test": test,
     }
     flat = {f"final/{split}/{k}": v for split, m in metrics.items() for k, v in m.items()}
     flat["final/fit_wall_time_s"] = fit_seconds
@@ -101,7 +103,6 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
         title=name,
         path=run / "plots" / "heatmap.png",
     )
-    curve = module.logit_diff_by_beta(dm.test_dataloader(), module.beta_grid)
     (run / "plots" / "logits_vs_beta.json").write_text(json.dumps(curve, indent=2) + "\n")
     lines = logits_vs_beta(curve, title=name, path=run / "plots" / "logits_vs_beta.png")
     import matplotlib.pyplot as plt

@@ -247,7 +247,10 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
     def clean_logits(self, ids: Tensor, mask: Tensor) -> Tensor:
         """``[batch, vocab]`` unedited logits at each prompt's last token, each prompt's computed
         once (keyed by its real tokens, so padding, batching and shuffling do not matter) and
-        kept on the device; only prompts not seen before run through the model."""
+        kept on the device; only prompts not seen before run through the model.  Without
+        ``cache_clean_logits`` every call runs the prompts."""
+        if not self.hparams.cache_clean_logits:
+            return last_token_logits(self.model, ids, mask)
         rows = ids.detach().cpu()
         real = mask.detach().cpu().bool()
         keys = [rows[r][real[r]].numpy().tobytes() for r in range(rows.shape[0])]
@@ -326,38 +329,55 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
     @torch.no_grad()
     def evaluate(self, dataloader) -> dict[str, float]:
         """All metrics on one data loader, outside the trainer (used for train-split numbers)."""
-        metrics = InterventionMetrics("").to(self.device)
-        for batch in dataloader:
-            batch = self._on_device(batch)
-            metrics.update_from(self._terms(batch))
-        out = {k: float(v) for k, v in metrics.compute().items()}
-        out["minimality"] = float(self.edit.count_nonnegligible())
-        out["num_parameters"] = float(self.edit.num_parameters())
-        return out
+        return self.evaluate_with_curve(dataloader, [])[0]
 
     @torch.no_grad()
     def logit_diff_by_beta(self, dataloader, betas: list[float]) -> dict[str, list[float]]:
         """Mean logit of the correct and wrong token, and their difference, for each beta."""
-        sums = torch.zeros(len(betas), 2)
+        return self.evaluate_with_curve(dataloader, betas)[1]
+
+    @torch.no_grad()
+    def evaluate_with_curve(
+        self, dataloader, betas: list[float]
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """The metrics of :meth:`evaluate` and the curve of :meth:`logit_diff_by_beta` from one
+        pass: each prompt runs once per distinct nonzero beta of ``betas`` and +-1, and the
+        beta = 0 logits are the cached clean ones (an edit at beta = 0 is the identity)."""
+        metrics = InterventionMetrics("").to(self.device)
+        grid = [float(b) for b in betas]
+        distinct = sorted({b for b in grid + [1.0, -1.0] if b != 0.0})
+        sums = torch.zeros(len(grid), 2)
         count = 0
         for batch in dataloader:
             batch = self._on_device(batch)
             ids, mask = batch["input_ids"], batch["attention_mask"]
+            self._check_lengths(mask)
             correct, wrong = batch["correct_id"], batch["wrong_id"]
-            rows = torch.arange(ids.shape[0], device=self.device)
-            for i, beta in enumerate(betas):
+            by_beta = {0.0: self.clean_logits(ids, mask)}
+            for beta in distinct:
                 with attach(self.model, self.edit, beta=beta):
-                    logits = last_token_logits(self.model, ids, mask)
-                sums[i, 0] += logits[rows, correct].sum().cpu()
-                sums[i, 1] += logits[rows, wrong].sum().cpu()
+                    by_beta[beta] = last_token_logits(self.model, ids, mask)
+            metrics.update_from(
+                objective_terms(
+                    by_beta[1.0], by_beta[-1.0], by_beta[0.0], correct, wrong, self.hparams.margin
+                )
+            )
+            rows = torch.arange(ids.shape[0], device=ids.device)
+            for i, beta in enumerate(grid):
+                sums[i, 0] += by_beta[beta][rows, correct].sum().cpu()
+                sums[i, 1] += by_beta[beta][rows, wrong].sum().cpu()
             count += ids.shape[0]
+        out = {k: float(v) for k, v in metrics.compute().items()}
+        out["minimality"] = float(self.edit.count_nonnegligible())
+        out["num_parameters"] = float(self.edit.num_parameters())
         means = sums / max(count, 1)
-        return dict(
-            beta=list(betas),
+        curve = dict(
+            beta=grid,
             correct=means[:, 0].tolist(),
             wrong=means[:, 1].tolist(),
             diff=(means[:, 0] - means[:, 1]).tolist(),
         )
+        return out, curve
 
     # ------------------------------------------------------------------------------ end of fit
     def run_dir(self) -> Path:

@@ -12,8 +12,8 @@ from conftest import random_batch
 from test_training import _batch, _datamodule, _trainer
 from torch.utils.data import DataLoader
 
-from interventions.hooks import last_token_logits
-from interventions.objectives import soft_threshold_
+from interventions.hooks import attach, last_token_logits
+from interventions.objectives import objective_terms, soft_threshold_
 from interventions.scaling import InterventionModule
 
 
@@ -120,6 +120,37 @@ def test_cached_clean_logits_equal_recomputed(tiny_backbone_dir):
     torch.testing.assert_close(first[2], unedited, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(third[2][:4], first[2].flip(0), atol=0, rtol=0)
     assert not first[2].requires_grad and first[0].requires_grad
+
+
+def test_one_pass_evaluation_equals_separate_passes(tiny_backbone_dir):
+    """evaluate_with_curve (one pass; beta = 0 and +-1 logits shared with the metrics) gives the
+    metrics of the three-way step and the curve of a plain loop over every beta."""
+    module = InterventionModule(backbone=tiny_backbone_dir, num_positions=6, init_std=0.3)
+    batches = [_batch(n=3), _batch(n=2, seed=1)]
+    betas = [-2.0, -1.0, 0.0, 0.5, 1.0]
+    metrics, curve = module.evaluate_with_curve(batches, betas)
+    # independent: the training step's logits for the metrics, one attach per beta for the curve
+    sums = {b: [0.0, 0.0] for b in betas}
+    flips, kl = [], []
+    for batch in batches:
+        pos, neg, clean = module.three_way_logits(batch)
+        terms = objective_terms(pos, neg, clean, batch["correct_id"], batch["wrong_id"], 1.0)
+        flips += terms.flipped.float().tolist()
+        kl += terms.kl.tolist()
+        rows = torch.arange(batch["input_ids"].shape[0])
+        for b in betas:
+            with attach(module.model, module.edit, beta=b):
+                logits = last_token_logits(module.model, batch["input_ids"], batch["attention_mask"])
+            sums[b][0] += float(logits[rows, batch["correct_id"]].sum())
+            sums[b][1] += float(logits[rows, batch["wrong_id"]].sum())
+    assert metrics["flip_rate"] == pytest.approx(sum(flips) / 5)
+    assert metrics["faithfulness"] == pytest.approx(-sum(kl) / 5, rel=1e-4, abs=1e-6)
+    assert curve["beta"] == betas
+    for i, b in enumerate(betas):
+        assert curve["correct"][i] == pytest.approx(sums[b][0] / 5, rel=1e-4, abs=1e-5)
+        assert curve["diff"][i] == pytest.approx((sums[b][0] - sums[b][1]) / 5, rel=1e-4, abs=1e-5)
+    assert module.evaluate(batches) == metrics
+    assert module.logit_diff_by_beta(batches, betas) == curve
 
 
 @pytest.mark.parametrize("monitor", ["val/flip_rate", "val/loss"])
