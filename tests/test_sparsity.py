@@ -140,7 +140,9 @@ def test_one_pass_evaluation_equals_separate_passes(tiny_backbone_dir):
         rows = torch.arange(batch["input_ids"].shape[0])
         for b in betas:
             with attach(module.model, module.edit, beta=b):
-                logits = last_token_logits(module.model, batch["input_ids"], batch["attention_mask"])
+                logits = last_token_logits(
+                    module.model, batch["input_ids"], batch["attention_mask"]
+                )
             sums[b][0] += float(logits[rows, batch["correct_id"]].sum())
             sums[b][1] += float(logits[rows, batch["wrong_id"]].sum())
     assert metrics["flip_rate"] == pytest.approx(sum(flips) / 5)
