@@ -4,7 +4,7 @@ For one task's prompts (MWE extraversion persona pairs, or IOI with ``--task ioi
 
 * the attribution of ``--attr`` pairs with EAP-IG (m = 5, block-level inputs);
 * the grid search over all L layers x M multipliers on ``--eval`` prompts, (a) with the shared
-  prompt prefix of :func:`interventions.a2a.steering_grid` and (b) naively, one full forward pass
+  prompt prefix of :func:`interventions.methods.a2a.module.steering_grid` and (b) naively, one full forward pass
   per (layer, multiplier) and batch, as research code usually does;
 * A2A's steering of the top-k layers (k / L of the grid time).
 
@@ -22,12 +22,12 @@ import torch
 
 from datamodules.ioi import IOIDataModule
 from datamodules.mwe import MWEDataModule
-from interventions.a2a import cost_forward_equivalents, steering_grid
-from interventions.backbone import load_backbone
-from interventions.caa import caa_vectors, steering_edit
-from interventions.eap import eap_ig
-from interventions.hooks import attach, last_token_logits
-from interventions.sites import model_dims
+from interventions.core.backbone import load_backbone
+from interventions.core.hooks import attach, last_token_logits
+from interventions.core.sites import model_dims
+from interventions.methods.a2a import cost_forward_equivalents, steering_grid
+from interventions.methods.caa.vectors import caa_vectors, steering_edit
+from interventions.methods.eap.eap_ig import eap_ig
 
 
 def naive_grid(model, batches, vectors, multipliers) -> torch.Tensor:

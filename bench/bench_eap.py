@@ -2,7 +2,7 @@
 
 For IOI test prompts (clean vs ABC-corrupted, ~15 tokens) and MWE persona prompts (the same item
 under a positive vs a negative system description, ~60-70 tokens), the script runs
-``interventions.eap.eap_ig`` with ``--steps`` integration steps, block-level and per-head
+``interventions.methods.eap.eap_ig.eap_ig`` with ``--steps`` integration steps, block-level and per-head
 (q/k/v) inputs, at batch sizes 1 and 8, on the same ``--examples`` examples, and prints one table:
 
 * ``s/example`` -- wall-clock seconds of the attribution divided by the number of examples;
@@ -39,9 +39,9 @@ from torch import nn
 from datamodules.base import ContrastiveDataModule, ContrastiveExample
 from datamodules.ioi import IOIDataModule
 from datamodules.mwe import MWEDataModule
-from interventions.backbone import load_backbone
-from interventions.eap import eap_ig, logit_difference
-from interventions.sites import model_dims
+from interventions.core.backbone import load_backbone
+from interventions.core.sites import model_dims
+from interventions.methods.eap.eap_ig import eap_ig, logit_difference
 
 _LIBC = ctypes.CDLL("libc.so.6")
 _M_MMAP_THRESHOLD = -3

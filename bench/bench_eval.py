@@ -15,7 +15,7 @@ import time
 import torch
 
 from datamodules import IOIDataModule
-from interventions.scaling import InterventionModule
+from interventions.methods.scaling.module import InterventionModule
 
 
 def throughput(module: InterventionModule, batch_size: int, examples: int) -> float:

@@ -18,11 +18,11 @@ import time
 import torch
 
 from datamodules import IOIDataModule
-from interventions.backbone import load_backbone
+from interventions.core.backbone import load_backbone
+from interventions.core.hooks import attach, last_token_logits, position_ids
+from interventions.core.sites import model_dims
 from interventions.edits import ActivScalar
-from interventions.hooks import attach, last_token_logits, position_ids
-from interventions.objectives import objective_terms, three_term_loss
-from interventions.sites import model_dims
+from interventions.evaluation.objectives import objective_terms, three_term_loss
 
 
 def main() -> None:

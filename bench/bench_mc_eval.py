@@ -1,7 +1,7 @@
 """Multiple-choice evaluation speed on the real SmolLM2: batching, and the (alpha, k) search.
 
 Part 1 scores the first ``--items`` test items of a task with
-``interventions.multiple_choice.evaluate_accuracy``, in batches of ``--batch`` items (longest
+``interventions.evaluation.multiple_choice.evaluate_accuracy``, in batches of ``--batch`` items (longest
 first, as the data module batches them, and in data order) and one item at a time (as the AUSteer
 reference implementation evaluates), and prints the throughputs,
 their ratio and both accuracies (which must be equal: scores do not depend on padding or batch
@@ -34,10 +34,10 @@ from datamodules.commonsense import (
     CommonsenseDataModule,
     longest_first,
 )
-from interventions.austeer import build_edit
-from interventions.backbone import load_backbone
-from interventions.multiple_choice import evaluate_accuracy, evaluate_many
-from interventions.sites import model_dims
+from interventions.core.backbone import load_backbone
+from interventions.core.sites import model_dims
+from interventions.evaluation.multiple_choice import evaluate_accuracy, evaluate_many
+from interventions.methods.austeer.units import build_edit
 
 
 def measure(

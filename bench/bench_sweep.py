@@ -3,7 +3,7 @@
 For a few examples of one MWE behaviour, every (layer, multiplier) propensity is computed
 
 * ``cached``: the prompt prefix runs once, its key/value cache is repeated and only the answer
-  position is re-run for all pairs as one batch (``interventions.sweep.sweep_example``);
+  position is re-run for all pairs as one batch (``interventions.evaluation.sweep.sweep_example``);
 * ``naive``: one full forward pass of the prompt per (layer, multiplier) pair
   (``sweep_example_naive``), as a straightforward implementation does;
 * ``naive batched``: all pairs' full prompts as one batch (a fairer baseline on throughput).
@@ -24,11 +24,10 @@ import time
 import torch
 
 from datamodules.mwe import MWEDataModule
-from interventions.backbone import load_backbone
-from interventions.caa import caa_vectors
-from interventions.hooks import attach
-from interventions.sites import model_dims
-from interventions.sweep import (
+from interventions.core.backbone import load_backbone
+from interventions.core.hooks import attach
+from interventions.core.sites import model_dims
+from interventions.evaluation.sweep import (
     DEFAULT_MULTIPLIERS,
     _rows,
     _steering_edit,
@@ -36,6 +35,7 @@ from interventions.sweep import (
     sweep_example_naive,
     sweep_examples,
 )
+from interventions.methods.caa.vectors import caa_vectors
 
 
 @torch.no_grad()
@@ -92,28 +92,22 @@ def main() -> None:
     print(f"max |cached - naive| = {diff:.2e}, max |cached - naive batched| = {diff_b:.2e}")
 
     if args.pipeline:
-        from interventions.w2s import W2SDataModule
+        from datamodules import W2SDataModule
+        from interventions.methods.w2s import W2SOptions, build_w2s_data
 
+        items = W2SDataModule(behavior=args.behavior, max_examples=args.pipeline_examples)
+        items.setup()
         for steering in ("caa", "l2s"):
             with tempfile.TemporaryDirectory() as cache:
-                w2s = W2SDataModule(
-                    behavior=args.behavior,
-                    steering=steering,
-                    max_examples=args.pipeline_examples,
-                    sweep_cache_dir=cache,
-                )
-                t = time.perf_counter()
-                w2s.setup()
-                cold = time.perf_counter() - t
-                again = W2SDataModule(
-                    behavior=args.behavior,
-                    steering=steering,
-                    max_examples=args.pipeline_examples,
-                    sweep_cache_dir=cache,
-                )
-                t = time.perf_counter()
-                again.setup()
-                warm = time.perf_counter() - t
+                seconds = []
+                for _ in ("cold", "warm"):
+                    t = time.perf_counter()
+                    build_w2s_data(
+                        model, items.items, items.collator, "smollm2-135m-instruct",
+                        W2SOptions(steering=steering, sweep_cache_dir=cache), items.cache_tags(),
+                    )  # fmt: skip
+                    seconds.append(time.perf_counter() - t)
+                cold, warm = seconds
             print(
                 f"W2S {steering} data pipeline, {args.pipeline_examples} items + 4 OOD test "
                 f"sets: {cold:.0f} s cold cache, {warm:.0f} s from the cache"

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
-from interventions.cli import fit_run, split_passthrough
+from interventions.experiments.runner import fit_run, split_passthrough
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,15 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for lm, lr, m in itertools.product(args.lambda_m, args.lr, args.margin):
         run = Path(args.out) / f"lm{lm:g}_lr{lr:g}_m{m:g}"
-        if not (run / "metrics.json").is_file():
-            fit_run(
-                [
-                    "--config", args.config, f"--model.lambda_m={lm}", f"--model.lr={lr}",
-                    f"--model.margin={m}", "--trainer.enable_progress_bar=false", *passthrough,
-                ],
-                run,
-            )  # fmt: skip
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = fit_run(
+            [
+                "--config", args.config, f"--model.lambda_m={lm}", f"--model.lr={lr}",
+                f"--model.margin={m}", "--trainer.enable_progress_bar=false", *passthrough,
+            ],
+            run,
+        )  # fmt: skip
         epochs = sorted(run.glob("checkpoints/epoch=*.ckpt"))
         epoch = epochs[-1].name.split("-")[0].removeprefix("epoch=") if epochs else "?"
         rows.append(

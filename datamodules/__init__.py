@@ -1,5 +1,6 @@
 """LightningDataModules: contrastive one-token-answer tasks (IOI, CCC, MWE behaviours) and
-multiple-choice commonsense tasks (BoolQ, COPA, WinoGrande)."""
+multiple-choice commonsense tasks (BoolQ, COPA, WinoGrande), and the W2S item sets of an MWE
+behaviour.  Imports nothing of ``interventions`` but ``interventions.core``."""
 
 from datamodules.base import ContrastiveCollator, ContrastiveDataModule, ContrastiveExample
 from datamodules.ccc import CCCDataModule
@@ -14,6 +15,7 @@ from datamodules.mwe import (
     available_behaviors,
     resolve_behavior,
 )
+from datamodules.w2s import W2SDataModule
 
 __all__ = [
     "BASE_SYSTEM_MESSAGE",
@@ -28,6 +30,7 @@ __all__ = [
     "ContrastiveExample",
     "IOIDataModule",
     "MWEDataModule",
+    "W2SDataModule",
     "available_behaviors",
     "resolve_behavior",
 ]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +31,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from interventions.backbone import load_tokenizer
+from interventions.core.backbone import load_tokenizer
+from interventions.core.batch import ContrastiveCollator, ContrastiveExample
 
 __all__ = [
     "ContrastiveCollator",
@@ -45,68 +45,6 @@ __all__ = [
 def default_data_dir() -> Path:
     """The default data folder: ``../shared/data`` next to the repository checkout."""
     return Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@dataclass(frozen=True)
-class ContrastiveExample:
-    """One data point: a prompt and two competing next-token answers.
-
-    Attributes:
-        prompt: The text fed to the model; the answer is the next token after it.
-        correct: The correct continuation, one token, with its leading space (e.g. ``" Mary"``).
-        wrong: The wrong continuation, one token, with its leading space (e.g. ``" John"``).
-        corrupted_prompt: Optional counterfactual prompt of the same token length as ``prompt``
-            (for activation/attribution patching), or ``None``.
-    """
-
-    prompt: str
-    correct: str
-    wrong: str
-    corrupted_prompt: str | None = None
-
-
-class ContrastiveCollator:
-    """Turns a list of :class:`ContrastiveExample` into a padded batch of tensors.
-
-    Padding follows the tokenizer's ``padding_side``. Answers are mapped to their single token
-    id; the datamodule checks beforehand that every answer is exactly one token.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        """Wrap a tokenizer.
-
-        Args:
-            tokenizer: A Hugging Face tokenizer with a pad token.
-        """
-        self.tokenizer = tokenizer
-
-    def answer_id(self, answer: str) -> int:
-        """The id of a single-token answer (``ValueError`` if it is not one token)."""
-        ids = self.tokenizer.encode(answer, add_special_tokens=False)
-        if len(ids) != 1:
-            pieces = self.tokenizer.convert_ids_to_tokens(ids)
-            raise ValueError(f"answer {answer!r} is {len(ids)} tokens {pieces}, expected exactly 1")
-        return int(ids[0])
-
-    def __call__(self, examples: list[ContrastiveExample]) -> dict[str, Any]:
-        """Tokenize and pad a list of examples (see the module docstring for the keys)."""
-        prompts = [ex.prompt for ex in examples]
-        clean = self.tokenizer(prompts, padding=True, return_tensors="pt")
-        batch: dict[str, Any] = {
-            "input_ids": clean["input_ids"].long(),  # [batch, seq]
-            "attention_mask": clean["attention_mask"].long(),  # [batch, seq]
-            "correct_id": torch.tensor([self.answer_id(ex.correct) for ex in examples]),
-            "wrong_id": torch.tensor([self.answer_id(ex.wrong) for ex in examples]),
-            "prompts": prompts,
-        }
-        corrupted = [ex.corrupted_prompt for ex in examples]
-        if all(c is not None for c in corrupted):
-            # Same per-row token lengths as the clean prompts, hence the same [batch, seq] and
-            # the same padding: position j of a row is aligned between clean and corrupted.
-            enc = self.tokenizer(corrupted, padding=True, return_tensors="pt")
-            batch["corrupted_input_ids"] = enc["input_ids"].long()
-            batch["corrupted_attention_mask"] = enc["attention_mask"].long()
-        return batch
 
 
 class ContrastiveDataModule(LightningDataModule):
@@ -143,7 +81,7 @@ class ContrastiveDataModule(LightningDataModule):
 
         Args:
             backbone: Name or path of the model whose tokenizer is used (passed to
-                ``interventions.backbone.load_tokenizer``).
+                ``interventions.core.backbone.load_tokenizer``).
             batch_size: Examples per batch in every dataloader.
             num_train: Number of training examples.
             num_val: Number of validation examples.

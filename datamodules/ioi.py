@@ -57,7 +57,7 @@ class IOIDataModule(ContrastiveDataModule):
 
         Args:
             backbone: Name or path of the model whose tokenizer is used (passed to
-                ``interventions.backbone.load_tokenizer``).
+                ``interventions.core.backbone.load_tokenizer``).
             batch_size: Examples per batch in every dataloader.
             num_train: Number of training examples.
             num_val: Number of validation examples.

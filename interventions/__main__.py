@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from interventions import generate
+from interventions.commands import generate
 
-COMMANDS = {"generate": generate.main}
+COMMANDS = {"generate": generate}
 
 
 def main(argv: list[str] | None = None) -> None:

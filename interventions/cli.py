@@ -66,7 +66,8 @@ def trainer_defaults() -> dict:
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> InterventionCLI:
     """The CLI with the project's defaults; ``run=False`` only parses and instantiates (then
-    ``cli.trainer.fit(cli.model, cli.datamodule)`` trains), as the Pareto sweep does."""
+    ``cli.trainer.fit(cli.model, cli.datamodule)`` trains), as the drivers' runner does
+    (:func:`interventions.experiments.runner.fit_run`)."""
     return InterventionCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -75,30 +76,6 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> InterventionCL
         args=args,
         run=run,
     )
-
-
-def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
-    """``(own, passthrough)``: a driver's arguments before ``--`` and the ``train.py fit``
-    arguments after it (``argv=None`` reads ``sys.argv``)."""
-    import sys
-
-    raw = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in raw:
-        return raw, []
-    cut = raw.index("--")
-    return raw[:cut], raw[cut + 1 :]
-
-
-def fit_run(args: list[str], run: str | Path) -> dict:
-    """Train one run in this process (``train.py fit`` with ``args`` and
-    ``--trainer.default_root_dir=run``) and return its ``metrics.json``; the drivers that train
-    many runs (Pareto sweep, W2S table) use it."""
-    import json
-
-    run = Path(run)
-    cli = build_cli([*args, f"--trainer.default_root_dir={run}"], run=False)
-    cli.trainer.fit(cli.model, cli.datamodule)
-    return json.loads((run / "metrics.json").read_text())
 
 
 def main(args: list[str] | None = None) -> InterventionCLI:

@@ -134,7 +134,7 @@ def random_batch(batch: int, lengths: list[int], padding_side: str, seed: int = 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     """The real SmolLM2 tokenizer (the first run builds the backbone cache once)."""
-    from interventions.backbone import load_tokenizer
+    from interventions.core.backbone import load_tokenizer
 
     return load_tokenizer()
 

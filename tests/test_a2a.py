@@ -1,6 +1,6 @@
-"""A2A (interventions.a2a): layer scores, nDCG, top-k, the steering grid, cost, and the module.
+"""A2A (interventions.methods.a2a.module): layer scores, nDCG, top-k, the steering grid, cost, and the module.
 
-Reference values are computed independently of ``interventions.a2a``: Algorithm 1 of the paper
+Reference values are computed independently of ``interventions.methods.a2a.module``: Algorithm 1 of the paper
 as a loop over edges, nDCG written out with linear gains and ``log2(rank + 1)`` discounts, and
 steering as a forward hook on each unpadded prompt run in full (no cache, no padding).
 """
@@ -16,7 +16,8 @@ import pytest
 import torch
 from conftest import random_batch, tiny_model
 
-from interventions.a2a import (
+from interventions.edits.artifact import load_intervention
+from interventions.methods.a2a import (
     A2A_METHODS,
     A2AModule,
     GridResult,
@@ -33,8 +34,7 @@ from interventions.a2a import (
     top_k_choice,
     top_k_layers,
 )
-from interventions.eap import AttributionGraph
-from interventions.export import load_intervention
+from interventions.methods.eap.graph import AttributionGraph
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "papers" / "a2a-layer-selection.txt"
 

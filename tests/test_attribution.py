@@ -11,13 +11,17 @@ import torch
 from conftest import VOCAB, tiny_model
 from safetensors.torch import load_file
 
-from interventions import attribution as A
-from interventions.attribution_table import compare, top_locations, top_overlap
+import interventions.methods.attribution as A
+from interventions.core.hooks import attach, last_token_logits, record
+from interventions.core.sites import model_dims, site_module
 from interventions.edits import ActivScalar
-from interventions.export import load_intervention, read_intervention_config, save_intervention
-from interventions.hooks import attach, last_token_logits, record
-from interventions.objectives import logit_diff
-from interventions.sites import model_dims, site_module
+from interventions.edits.artifact import (
+    load_intervention,
+    read_intervention_config,
+    save_intervention,
+)
+from interventions.evaluation.objectives import logit_diff
+from interventions.experiments.attribution_table import compare, top_locations, top_overlap
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ["resid_post", "attn_out", "mlp_out"]
@@ -424,7 +428,7 @@ def _cli(config, backbone, root, *extra):
 def test_fit_every_method_and_the_comparison_table(tiny_backbone_dir, tmp_path):
     """The driver trains the three runs through train.py's CLI and Trainer (fit_run), then
     compares them with a (here: random) ActivScalar on the same points."""
-    from interventions.attribution_table import main
+    from interventions.experiments.attribution_table import main
 
     runs, out = tmp_path / "runs", tmp_path / "cmp"
     passthrough = [

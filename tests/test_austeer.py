@@ -6,7 +6,11 @@ import pytest
 import torch
 from conftest import random_batch, tiny_model
 
-from interventions.austeer import (
+from interventions.core.hooks import attach, position_ids, record
+from interventions.core.sites import model_dims
+from interventions.edits import EDITS, AUScale, AUShift
+from interventions.edits.artifact import load_intervention, save_intervention
+from interventions.methods.austeer.units import (
     MomentumStats,
     activation_difference_units,
     au_activations,
@@ -17,10 +21,6 @@ from interventions.austeer import (
     random_units,
     top_k_units,
 )
-from interventions.edits import EDITS, AUScale, AUShift
-from interventions.export import load_intervention, save_intervention
-from interventions.hooks import attach, position_ids, record
-from interventions.sites import model_dims
 
 # ----------------------------------------------------------------------------- hand-made example
 # 4 pairs x 1 layer x 3 dims, one site.  Momentum m = pos - neg per pair:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from interventions.export import load_intervention
-from interventions.multiple_choice import evaluate_accuracy
+from interventions.edits.artifact import load_intervention
+from interventions.evaluation.multiple_choice import evaluate_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -101,7 +101,7 @@ def test_trainer_test_logs_the_accuracies_of_the_run(tiny_backbone_dir, tmp_path
 
 
 def test_checkpoint_restores_the_chosen_edit(tiny_backbone_dir, tmp_path):
-    from interventions.austeer import AUSteerModule
+    from interventions.methods.austeer.module import AUSteerModule
 
     cli = _fit("configs/commonsense/austeer_head_boolq.yaml", tiny_backbone_dir, tmp_path)
     loaded = AUSteerModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
@@ -110,7 +110,7 @@ def test_checkpoint_restores_the_chosen_edit(tiny_backbone_dir, tmp_path):
 
 
 def test_bad_input(tiny_backbone_dir):
-    from interventions.austeer import AUSteerModule
+    from interventions.methods.austeer.module import AUSteerModule
 
     with pytest.raises(ValueError, match="larger than the number of atomic units"):
         AUSteerModule(backbone=tiny_backbone_dir, site="mlp_act", k=10_000)
@@ -119,7 +119,7 @@ def test_bad_input(tiny_backbone_dir):
 
 
 def test_results_table_driver(tiny_backbone_dir, tmp_path):
-    from interventions.austeer_table import ROWS, main
+    from interventions.experiments.austeer_table import ROWS, main
 
     table = main(
         [

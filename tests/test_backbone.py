@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from interventions import backbone
-from interventions.backbone import (
+from interventions.core import backbone
+from interventions.core.backbone import (
     ALIASES,
     DEFAULT_BACKBONE,
     PackagedGGUF,

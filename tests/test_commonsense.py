@@ -1,5 +1,5 @@
 """Tests of the commonsense multiple-choice data (BoolQ, COPA, WinoGrande) and of the batched
-answer scoring in ``interventions.multiple_choice``, on the tiny SmolLM2-vocabulary backbone (no
+answer scoring in ``interventions.evaluation.multiple_choice``, on the tiny SmolLM2-vocabulary backbone (no
 135M weights are loaded)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import datamodules.commonsense as commonsense
+import datamodules.commonsense_items as commonsense
 from datamodules.base import default_data_dir
 from datamodules.commonsense import (
     TASK_FILES,
@@ -31,16 +31,16 @@ from datamodules.commonsense import (
     download_task_file,
     load_task_items,
 )
-from interventions.backbone import load_backbone, load_tokenizer
+from interventions.core.backbone import load_backbone, load_tokenizer
+from interventions.core.sites import layers, model_dims
 from interventions.edits import SteerVec
-from interventions.multiple_choice import (
+from interventions.evaluation.multiple_choice import (
     MultipleChoiceAccuracy,
     choice_logprobs,
     choice_scores,
     evaluate_accuracy,
     predict_choices,
 )
-from interventions.sites import layers, model_dims
 from tests.conftest import random_batch
 
 DATA = default_data_dir()
@@ -517,8 +517,8 @@ def test_prefix_reuse_equals_full_scoring(arch_model, cont_side):
     """Scores from a reused prompt prefix (last prompt token + answer re-run) equal the full
     two-call scoring, with no edit and with positions='last' AUScale / SteerVec edits; the
     stored prefix is not changed by a use; a positions='all' edit ignores the prefix."""
-    from interventions.austeer import build_edit
-    from interventions.multiple_choice import leaves_prefix_alone, prompt_prefix
+    from interventions.evaluation.multiple_choice import leaves_prefix_alone, prompt_prefix
+    from interventions.methods.austeer.units import build_edit
 
     dims = model_dims(arch_model)
     batch = _mc_batch(cont_side)
@@ -547,7 +547,7 @@ def test_prefix_reuse_equals_full_scoring(arch_model, cont_side):
 
 def test_prefix_needs_two_prompt_tokens(llama):
     batch = _mc_batch("right")
-    from interventions.multiple_choice import prompt_prefix
+    from interventions.evaluation.multiple_choice import prompt_prefix
 
     batch["prompt_ids"], batch["prompt_mask"] = (
         batch["prompt_ids"][:, -1:],
@@ -560,8 +560,8 @@ def test_prefix_needs_two_prompt_tokens(llama):
 
 def test_evaluate_many_equals_one_setting_at_a_time(model, tok, items):
     """One pass over the loader with a shared prefix gives each candidate's own accuracy."""
-    from interventions.austeer import build_edit
-    from interventions.multiple_choice import evaluate_many
+    from interventions.evaluation.multiple_choice import evaluate_many
+    from interventions.methods.austeer.units import build_edit
 
     chosen = items["boolq"][:6] + items["copa"][:6] + items["winogrande"][:6]
     loader = DataLoader(chosen, batch_size=4, collate_fn=ChoiceCollator(tok))
@@ -588,7 +588,7 @@ def test_evaluate_many_equals_one_setting_at_a_time(model, tok, items):
 def test_loaders_batch_longest_first(make):
     """Val/test/train loaders visit every entry once, longest text first; the statistics and the
     accuracy are order-free, so only the padding changes."""
-    from datamodules.commonsense import longest_first
+    from datamodules.commonsense_items import longest_first
 
     dm = make(task="boolq", max_test=40)
     for entries, loader_items in (

@@ -8,7 +8,7 @@ import torch
 from datamodules import CCCDataModule, ContrastiveDataModule, ContrastiveExample, IOIDataModule
 from datamodules.base import default_data_dir
 from datamodules.ccc import BUILTIN_CAPITALS, CCC_TEMPLATES
-from interventions.backbone import load_tokenizer
+from interventions.core.backbone import load_tokenizer
 
 pytestmark = pytest.mark.skipif(
     not (default_data_dir() / "ioi").is_dir(), reason="../shared/data is not available"

@@ -1,6 +1,6 @@
 """EAP-IG attribution graphs on tiny random models of every architecture.
 
-Reference values are computed independently of ``interventions.eap``: node outputs from
+Reference values are computed independently of ``interventions.methods.eap.eap_ig``: node outputs from
 ``output_hidden_states`` / ``record`` and the output projections by hand, input gradients by
 autograd on zero perturbations added at each module that reads the residual stream.
 """
@@ -15,10 +15,10 @@ from conftest import ARCHS, random_batch, tiny_config
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from interventions import sites as sites_module
-from interventions.eap import AttributionGraph, eap_ig, logit_difference
-from interventions.hooks import position_ids, record
-from interventions.sites import arch_row, layers, model_dims
+from interventions.core import sites as sites_module
+from interventions.core.hooks import position_ids, record
+from interventions.core.sites import arch_row, layers, model_dims
+from interventions.methods.eap.eap_ig import AttributionGraph, eap_ig, logit_difference
 
 ARCHS_PLUS = [*ARCHS, "gpt_neox_sequential"]  # GPT-NeoX without the parallel residual
 

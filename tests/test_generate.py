@@ -12,13 +12,14 @@ import torch
 from conftest import tiny_model
 from test_hooks import _fill as _filled
 
-from interventions.backbone import load_backbone
+from interventions.commands import generate as main
+from interventions.core.backbone import load_backbone
+from interventions.core.hooks import attach
+from interventions.core.sites import model_dims
 from interventions.edits import EDITS, SteerVec
-from interventions.export import save_intervention
-from interventions.generate import main, steered_continuations
-from interventions.hooks import attach
-from interventions.sites import model_dims
-from interventions.w2s import W2SModule
+from interventions.edits.artifact import save_intervention
+from interventions.evaluation.generation import steered_continuations
+from interventions.methods.w2s import W2SModule
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Then, John and Mary went to the store. John gave a drink to"
@@ -93,7 +94,7 @@ def test_w2s_predictor_picks_the_layer(tiny_backbone_dir, tmp_path):
         + ["--beta", "1", "--max-new-tokens", "5", "--device", "cpu"]
         + [arg for p in prompts for arg in ("--prompt", p)]
     )
-    from interventions.w2s import encode_prompts
+    from interventions.methods.w2s.encoders import encode_prompts
 
     layers = predictor.predict_layer(encode_prompts(prompts, **encoder))
     for prompt, layer, sample in zip(prompts, layers.tolist(), samples, strict=True):

@@ -9,10 +9,16 @@ import torch
 from conftest import ARCHS, random_batch, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
+from interventions.core.hooks import (
+    attach,
+    last_token_index,
+    last_token_logits,
+    position_ids,
+    record,
+)
+from interventions.core.kv_cache import cache_keyword, output_cache
+from interventions.core.sites import SITES, model_dims, site_module
 from interventions.edits import ActivScalar, AUScale, AUShift, DynScalar, SteerVec
-from interventions.hooks import attach, last_token_index, last_token_logits, position_ids, record
-from interventions.kv_cache import cache_keyword, output_cache
-from interventions.sites import SITES, model_dims, site_module
 
 
 def _fill(edit, seed=0, scale=0.5):

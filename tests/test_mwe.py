@@ -23,8 +23,8 @@ from datamodules import (
     resolve_behavior,
 )
 from datamodules.base import ContrastiveExample, default_data_dir
-from datamodules.mwe import CONTRAST_DESCRIPTIONS, render_prompt
-from interventions.backbone import load_tokenizer
+from datamodules.mwe_items import CONTRAST_DESCRIPTIONS, render_prompt
+from interventions.core.backbone import load_tokenizer
 
 DATA = default_data_dir()
 pytestmark = pytest.mark.skipif(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interventions.pareto import FRONTS, main, pareto_mask
+from interventions.experiments.pareto import FRONTS, main, pareto_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,9 @@ import lightning as L
 import torch
 
 from datamodules import IOIDataModule
-from interventions.export import load_intervention
-from interventions.hooks import attach, last_token_logits
-from interventions.scaling import InterventionModule
+from interventions.core.hooks import attach, last_token_logits
+from interventions.edits.artifact import load_intervention
+from interventions.methods.scaling.module import InterventionModule
 
 
 def test_activscalar_learns_to_flip_ioi_on_smollm2(tmp_path):

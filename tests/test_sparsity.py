@@ -12,9 +12,9 @@ from conftest import random_batch
 from test_training import _batch, _datamodule, _trainer
 from torch.utils.data import DataLoader
 
-from interventions.hooks import attach, last_token_logits
-from interventions.objectives import objective_terms, soft_threshold_
-from interventions.scaling import InterventionModule
+from interventions.core.hooks import attach, last_token_logits
+from interventions.evaluation.objectives import objective_terms, soft_threshold_
+from interventions.methods.scaling.module import InterventionModule
 
 
 def test_soft_threshold_by_hand():

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from interventions.steerability import SteerabilityMetrics, propensity, steerability_slopes
+from interventions.evaluation.steerability import (
+    SteerabilityMetrics,
+    propensity,
+    steerability_slopes,
+)
 
 
 @pytest.mark.parametrize("shape", [(7,), (5, 7), (3, 4, 7), (2, 1, 3, 7)])

@@ -8,13 +8,11 @@ import pytest
 import torch
 from conftest import ARCHS, random_batch, tiny_model
 
-import interventions.sweep as sweep_mod
-from interventions.caa import caa_vectors, steering_edit
+import interventions.evaluation.sweep as sweep_mod
+from interventions.core.hooks import attach, last_token_logits
+from interventions.core.sites import model_dims
 from interventions.edits import SteerVec
-from interventions.hooks import attach, last_token_logits
-from interventions.l2s import L2SNets, fit_l2s, train_l2s, train_nets
-from interventions.sites import model_dims
-from interventions.sweep import (
+from interventions.evaluation.sweep import (
     SweepCache,
     SweepExample,
     answer_activations,
@@ -23,6 +21,8 @@ from interventions.sweep import (
     sweep_example,
     sweep_example_naive,
 )
+from interventions.methods.caa.vectors import caa_vectors, steering_edit
+from interventions.methods.w2s.l2s import L2SNets, fit_l2s, train_l2s, train_nets
 
 MULTS = [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]
 

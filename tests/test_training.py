@@ -14,9 +14,9 @@ import torch
 from conftest import random_batch
 
 from datamodules import IOIDataModule
-from interventions.export import load_intervention, save_intervention
-from interventions.hooks import attach, last_token_logits
-from interventions.scaling import InterventionModule
+from interventions.core.hooks import attach, last_token_logits
+from interventions.edits.artifact import load_intervention, save_intervention
+from interventions.methods.scaling.module import InterventionModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -260,7 +260,7 @@ def test_train_py_fit_subprocess(tiny_backbone_dir, tmp_path):
         cmd[:5] + ["--print_config"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert printed.returncode == 0, printed.stderr[-2000:]
-    assert "class_path: interventions.scaling.InterventionModule" in printed.stdout
+    assert "class_path: interventions.methods.scaling.InterventionModule" in printed.stdout
 
 
 @pytest.mark.parametrize(

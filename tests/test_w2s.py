@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from interventions import plots
-from interventions.w2s import (
+from interventions.methods.w2s import (
     IGNORE_INDEX,
     LayerPredictor,
     W2SModule,
@@ -23,6 +22,7 @@ from interventions.w2s import (
     label_space,
     load_predictor,
 )
+from interventions.reporting import plots
 
 # ------------------------------------------------------------------------------ labels
 
@@ -282,7 +282,7 @@ def test_minilm_embeddings():
 
 
 def test_sentence_encoder_folder_and_errors(monkeypatch):
-    from interventions import w2s
+    from interventions.methods.w2s import encoders as w2s
 
     folder = w2s.minilm_folder()
     torch.testing.assert_close(

@@ -8,96 +8,104 @@ from pathlib import Path
 import pytest
 import torch
 
-import interventions.sweep as sweep_mod
-from interventions.export import load_intervention
-from interventions.w2s import W2SDataModule, frequency_smoothed_labels, load_predictor
+import interventions.evaluation.sweep as sweep_mod
+from datamodules.w2s import W2SDataModule
+from interventions.core.backbone import load_backbone
+from interventions.edits.artifact import load_intervention
+from interventions.methods.w2s import (
+    W2SModule,
+    W2SOptions,
+    build_w2s_data,
+    frequency_smoothed_labels,
+    load_predictor,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _dm(backbone: str, cache: Path, **kwargs) -> W2SDataModule:
-    args = dict(
-        behavior="myopic-reward",
-        backbone=backbone,
-        max_examples=30,
-        ood_variants=("sys_pos", "user_neg"),
-        sweep_cache_dir=str(cache),
-        l2s_steps=50,
+def _data(
+    backbone: str,
+    cache: Path,
+    ood_variants=("sys_pos", "user_neg"),
+    behavior="myopic-reward",
+    **options,
+):
+    """The W2S data of a small behaviour: the item data module, then the pipeline function."""
+    dm = W2SDataModule(
+        behavior=behavior, backbone=backbone, max_examples=30, ood_variants=ood_variants
     )
-    args.update(kwargs)
-    return W2SDataModule(**args)
+    dm.setup()
+    model, _ = load_backbone(backbone)
+    opts = W2SOptions(sweep_cache_dir=str(cache), l2s_steps=50, **options)
+    return build_w2s_data(model, dm.items, dm.collator, backbone, opts, dm.cache_tags()), dm
 
 
 @pytest.fixture(scope="module")
-def caa_dm(tiny_backbone_dir, tmp_path_factory):
+def caa_data(tiny_backbone_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("sweeps")
-    dm = _dm(tiny_backbone_dir, cache, top_k=2)
-    dm.setup()
-    return dm, cache
+    data, dm = _data(tiny_backbone_dir, cache, top_k=2)
+    return data, dm, cache
 
 
-def test_w2s_data_module_builds_consistent_labels_and_splits(caa_dm):
-    dm, _ = caa_dm
-    train = dm.split_data("train")
+def test_w2s_pipeline_builds_consistent_labels_and_splits(caa_data):
+    data, dm, _ = caa_data
+    train = data.tables["train"]
     steer = train["steerability"]  # [12, 3]
     assert steer.shape == (12, 3) and not steer.isnan().any()
-    assert dm.fixed_layer == int(steer.mean(0).argmax())
+    assert data.fixed_layer == int(steer.mean(0).argmax())
     labels = frequency_smoothed_labels(steer, 2)
-    assert dm.label_layers == sorted(set(labels.tolist()))
-    decoded = torch.tensor(dm.label_layers)[train["label"]]
+    assert data.label_layers == sorted(set(labels.tolist()))
+    decoded = torch.tensor(data.label_layers)[train["label"]]
     assert torch.equal(decoded, labels)
-    assert dm.test_names == ["base", "sys_pos", "user_neg"]
-    for name in dm.test_names:
-        d = dm.split_data(f"test/{name}")
+    assert data.test_names == dm.test_names == ["base", "sys_pos", "user_neg"]
+    for name in data.test_names:
+        d = data.tables[f"test/{name}"]
         assert d["embedding"].shape == (15, 384)
         torch.testing.assert_close(d["embedding"].norm(dim=1), torch.ones(15))
         swept = ~d["steerability"][0].isnan()
         # OOD sets are swept at least at the fixed layer and every label layer
-        assert swept[dm.fixed_layer] and swept[dm.label_layers].all()
+        assert swept[data.fixed_layer] and swept[data.label_layers].all()
     # variants change the prompt, so their embeddings differ from base for the same items
     assert not torch.allclose(
-        dm.split_data("test/base")["embedding"], dm.split_data("test/sys_pos")["embedding"]
+        data.tables["test/base"]["embedding"], data.tables["test/sys_pos"]["embedding"]
     )
+    # the data module serves item indices into these tables, one test loader per test set
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"embedding", "label", "steerability"}
+    assert set(batch) == {"index"} and sorted(batch["index"].tolist()) == list(range(12))
     assert len(dm.test_dataloader()) == 3
 
 
-def test_w2s_data_module_reuses_the_sweep_cache(caa_dm, tiny_backbone_dir, monkeypatch):
-    dm, cache = caa_dm
+def test_w2s_pipeline_reuses_the_sweep_cache(caa_data, tiny_backbone_dir, monkeypatch):
+    data, dm, cache = caa_data
     calls = []
     real = sweep_mod.sweep_example
     monkeypatch.setattr(
         sweep_mod, "sweep_example", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    again = _dm(tiny_backbone_dir, cache, top_k=1)  # another K: same sweeps
-    again.setup()
+    again, _ = _data(tiny_backbone_dir, cache, top_k=1)  # another K: same sweeps
     assert calls == []
-    assert torch.equal(
-        again.split_data("train")["steerability"], dm.split_data("train")["steerability"]
-    )
-    other = _dm(tiny_backbone_dir, cache, multipliers=(-1.0, 0.0, 1.0), ood_variants=())
-    other.setup()  # other multipliers: recomputed, never reused
+    assert torch.equal(again.tables["train"]["steerability"], data.tables["train"]["steerability"])
+    # other multipliers: recomputed, never reused
+    _data(tiny_backbone_dir, cache, multipliers=(-1.0, 0.0, 1.0), ood_variants=())
     assert len(calls) == 30
 
 
 def test_l2s_pipeline(tiny_backbone_dir, tmp_path):
-    dm = _dm(tiny_backbone_dir, tmp_path, steering="l2s", l2s_context_layers=[0, 1])
-    dm.setup()
-    assert dm.summary["l2s_context_layer"] in (0, 1)
-    assert set(dm.summary["l2s_context_mse"]) == {0, 1}
-    assert dm.split_data("test/base")["steerability"].shape == (15, 3)
+    data, _ = _data(tiny_backbone_dir, tmp_path, steering="l2s", l2s_context_layers=(0, 1))
+    assert data.summary["l2s_context_layer"] in (0, 1)
+    assert set(data.summary["l2s_context_mse"]) == {0, 1}
+    assert data.tables["test/base"]["steerability"].shape == (15, 3)
 
 
 def test_bad_input(tiny_backbone_dir, tmp_path):
     with pytest.raises(ValueError, match="steering must be"):
-        W2SDataModule(steering="pca")
+        W2SModule(steering="pca")
     with pytest.raises(ValueError, match="Unknown OOD variant 'sys_up'"):
         W2SDataModule(ood_variants=("sys_up",))
     with pytest.raises(ValueError, match="top_k"):
-        W2SDataModule(top_k=0)
+        W2SModule(top_k=0)
     with pytest.raises(ValueError, match="myopic-reward"):  # the message lists what exists
-        _dm(tiny_backbone_dir, tmp_path, behavior="no-such-behaviour").setup()
+        W2SDataModule(behavior="no-such-behaviour", backbone=tiny_backbone_dir).setup()
 
 
 def _cli(config: str, backbone: str, run: Path, *extra: str):
@@ -142,16 +150,16 @@ def test_w2s_configs_run_end_to_end(steering, tiny_backbone_dir, tmp_path):
         tiny_backbone_dir,
         tmp_path,
         "--trainer.max_epochs=3",
-        f"--data.sweep_cache_dir={tmp_path / 'cache'}",
-        "--data.l2s_steps=50",
+        f"--model.sweep_cache_dir={tmp_path / 'cache'}",
+        "--model.l2s_steps=50",
     )
-    dm = cli.datamodule
+    data = cli.model.data
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["results"]) == {"base", "sys_pos", "sys_neg", "user_pos", "user_neg", "val"}
     base = metrics["results"]["base"]
-    test = dm.split_data("test/base")
+    test = data.tables["test/base"]
     assert base["fixed"]["steerability"] == pytest.approx(
-        float(test["steerability"][:, dm.fixed_layer].mean()), abs=1e-6
+        float(test["steerability"][:, data.fixed_layer].mean()), abs=1e-6
     )
     # the oracle is the per-example best layer: an upper bound of both
     assert base["oracle"]["steerability"] >= base["w2s"]["steerability"] - 1e-6
@@ -167,7 +175,7 @@ def test_w2s_configs_run_end_to_end(steering, tiny_backbone_dir, tmp_path):
 
 
 def test_results_table_aggregation():
-    from interventions.w2s_table import VARIANTS, aggregate, markdown
+    from interventions.experiments.w2s_table import VARIANTS, aggregate, markdown
 
     def res(fixed, w2s):
         one = {

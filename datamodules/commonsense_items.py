@@ -1,0 +1,466 @@
+"""Commonsense multiple choice (BoolQ, COPA, WinoGrande) for steering with contrastive pairs.
+
+A task is a list of :class:`ChoiceItem`: a prompt, its answer continuations and the index of the
+correct one. The data module serves two kinds of batches:
+
+* **contrastive pairs** (``train_dataloader``) for methods that read activations at the last
+  token of a positive text (prompt + correct answer) and of a negative one (prompt + a wrong
+  answer), as in AUSteer's Appendix B.1 / SADI;
+* **multiple-choice batches** (``val_dataloader`` / ``test_dataloader``) scored by the
+  log-likelihood of each answer continuation (:mod:`interventions.evaluation.multiple_choice`).
+
+**Files** (under ``data_dir``, default ``../shared/data``; see ``SOURCES.md`` section 3):
+
+* BoolQ ``boolq/boolq.jsonl`` (3270 validation items)::
+
+      {"query": "Passage: <passage>\\nQuestion: <question>?", "choices": ["no", "yes"], "gold": 1}
+
+* COPA ``copa/balacopa-dev-all.xml``: the 500 labelled items with ids 1..500 (SuperGLUE train =
+  1..400, val = 401..500); the Balanced-COPA mirrored items (ids from 1001) are not used::
+
+      <item id="1" asks-for="cause" most-plausible-alternative="1">
+        <p>My body cast a shadow over the grass.</p><a1>The sun was rising.</a1>
+        <a2>The grass was cut.</a2></item>
+
+* WinoGrande ``winogrande/winogrande.jsonl`` (1267 dev items, v1.1)::
+
+      {"context_options": ["... so Sarah", "... so Maria"],
+       "continuation": "always got the easier cases.", "gold": 1}
+
+**Templates** (:data:`TEMPLATES`, one per task; answers are short, single-line continuations)::
+
+    boolq       prompt  "Passage: {passage}\\nQuestion: {question}?\\nAnswer:"
+                choices " no", " yes"
+    copa        prompt  "{premise} {connective}"   premise without its final period,
+                        connective "because" (asks for the cause) / "therefore" (the effect)
+                choices " {alternative}"           first letter lower-cased
+    winogrande  prompts "{context}"                one prompt per choice: the two context options
+                choices " {continuation}"          the same continuation for both choices (no
+                                                   space when it starts with "." or "'")
+
+e.g. COPA id 1 is ``"My body cast a shadow over the grass because"`` with choices
+``" the sun was rising."`` (gold) and ``" the grass was cut."``. This is the SuperGLUE-style
+language-model format (as in lm-evaluation-harness; llm-foundry's ``copa.jsonl`` writes a comma
+before the connective). A BoolQ question keeps its lower case; its ``?`` is written once.
+
+**WinoGrande (partial scoring).** The two answers differ in the *context* (which name fills the
+blank), not in the text after it, so a :class:`ChoiceItem` may carry per-choice ``prompts``:
+choice ``i`` is scored as ``prompts[i] + choices[i]``, and only the shared continuation's tokens
+are scored (the standard "partial" evaluation). Its ``prompt`` is the original sentence up to the
+blank, ``"... so _"``, kept for display only.
+
+**Splits.** The items, in file order, are permuted by ``random.Random(f"split-{seed}")``; of
+``n`` items the first ``min(pool_size, (n - num_val) // 2)`` are the contrastive pool, the next
+``num_val`` the validation set (for hyperparameter search) and the rest the test set (the first
+``max_test`` of it, if given). With the defaults: BoolQ 1000 / 100 / 2170, COPA 200 / 100 / 200,
+WinoGrande 583 / 100 / 584. The pool never overlaps the test set.
+
+**Contrastive pairs** (:func:`contrastive_pairs`): for each pool item, ``positive = prompt +
+correct choice`` and ``negative = prompt + a wrong choice``, the wrong choice drawn by
+``random.Random(f"pairs-{seed}")`` among the wrong ones (per-choice prompts are used for
+WinoGrande). Pair batches::
+
+    {"pos_input_ids": LongTensor[batch, seq], "pos_attention_mask": LongTensor[batch, seq],
+     "neg_input_ids": LongTensor[batch, seq], "neg_attention_mask": LongTensor[batch, seq]}
+
+padded on ``padding_side`` (each of the two texts padded on its own).
+
+**Multiple-choice batches** (:class:`ChoiceCollator`): ``B`` items with ``C_b`` choices give
+``R = sum(C_b)`` rows, item by item and choice by choice::
+
+    {"prompt_ids": LongTensor[R, Tp], "prompt_mask": LongTensor[R, Tp],          # LEFT padded
+     "continuation_ids": LongTensor[R, Tc], "continuation_mask": LongTensor[R, Tc],
+     "item": LongTensor[R],          # row -> index of its item in the batch
+     "gold": LongTensor[B], "num_choices": LongTensor[B]}
+
+Continuations are right padded by default. The continuation tokens of a choice are the tokens
+of ``prompt + choice`` after the tokens of ``prompt``, so they are exactly what the model sees
+when reading the full text. If a tokenizer merges text across the boundary (the tokens of
+``prompt + choice`` do not start with those of ``prompt``), the choice is tokenized alone instead
+and appended to the prompt's tokens; :attr:`ChoiceCollator.num_fallbacks` counts such rows and a
+warning is shown once. (With SmolLM2's tokenizer and these templates this never happens.)
+
+**Download.** ``download=True`` fetches missing files from the public repositories the shared
+copies come from (pinned commits; the files are checked against their SHA-256), see
+:func:`download_task_file`.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import io
+import json
+import os
+import random
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from datamodules.base import default_data_dir
+
+Task = Literal["boolq", "copa", "winogrande"]
+
+TASKS: tuple[str, ...] = ("boolq", "copa", "winogrande")
+"""The supported tasks."""
+
+TASK_FILES: dict[str, str] = {
+    "boolq": "boolq/boolq.jsonl",
+    "copa": "copa/balacopa-dev-all.xml",
+    "winogrande": "winogrande/winogrande.jsonl",
+}
+"""The file of each task, relative to ``data_dir``."""
+
+
+@dataclass(frozen=True)
+class TaskTemplate:
+    """How a task's records become text (``str.format`` patterns).
+
+    Attributes:
+        prompt: The prompt, ending where the answer starts.
+        choice: One answer continuation (it carries the space that separates it from the prompt).
+    """
+
+    prompt: str
+    choice: str
+
+
+TEMPLATES: dict[str, TaskTemplate] = {
+    "boolq": TaskTemplate("Passage: {passage}\nQuestion: {question}?\nAnswer:", " {answer}"),
+    "copa": TaskTemplate("{premise} {connective}", " {alternative}"),
+    "winogrande": TaskTemplate("{context}", " {continuation}"),
+}
+"""The prompt template of each task (see the module docstring for the fields)."""
+
+COPA_CONNECTIVES: dict[str, str] = {"cause": "because", "effect": "therefore"}
+"""COPA's connective for each value of ``asks-for``."""
+
+_NO_SPACE_BEFORE = (".", "'")  # WinoGrande continuations that attach to the blank ("'s", ".")
+
+
+T = TypeVar("T", "ChoiceItem", "ContrastivePair")
+
+
+# ---------------------------------------------------------------------------- values
+@dataclass(frozen=True)
+class ChoiceItem:
+    """One multiple-choice question.
+
+    Attributes:
+        prompt: The text before the answer (it ends where the answer starts; the templates put
+            the separating space at the start of each choice). With per-choice ``prompts`` it is
+            for display only.
+        choices: The answer continuations.
+        gold: Index of the correct choice.
+        prompts: Optional per-choice prompts (WinoGrande): when set, choice ``i`` is scored as
+            ``prompts[i] + choices[i]`` and only ``choices[i]`` is scored; ``None`` means every
+            choice follows ``prompt``.
+    """
+
+    prompt: str
+    choices: tuple[str, ...]
+    gold: int
+    prompts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.choices:
+            raise ValueError(f"ChoiceItem needs at least one choice (prompt {self.prompt!r})")
+        if any(not choice for choice in self.choices):
+            raise ValueError(f"ChoiceItem has an empty choice: {self.choices!r}")
+        if not 0 <= self.gold < len(self.choices):
+            raise ValueError(
+                f"ChoiceItem gold={self.gold} is out of range for {len(self.choices)} choices"
+            )
+        if self.prompts is not None and len(self.prompts) != len(self.choices):
+            raise ValueError(
+                f"ChoiceItem has {len(self.prompts)} per-choice prompts for "
+                f"{len(self.choices)} choices; give one prompt per choice or prompts=None"
+            )
+
+    @property
+    def num_choices(self) -> int:
+        """Number of choices."""
+        return len(self.choices)
+
+    def prompt_of(self, choice: int) -> str:
+        """The prompt that choice ``choice`` follows."""
+        return self.prompt if self.prompts is None else self.prompts[choice]
+
+    def text(self, choice: int) -> str:
+        """The full text of choice ``choice``: its prompt followed by the choice."""
+        return self.prompt_of(choice) + self.choices[choice]
+
+
+@dataclass(frozen=True)
+class ContrastivePair:
+    """A positive text (prompt + correct answer) and a negative one (prompt + wrong answer)."""
+
+    positive: str
+    negative: str
+
+
+def contrastive_pairs(items: Sequence[ChoiceItem], seed: int = 0) -> list[ContrastivePair]:
+    """One pair per item: the correct choice vs a wrong one drawn with ``Random(f"pairs-{seed}")``.
+
+    Args:
+        items: The items, e.g. the contrastive pool.
+        seed: Seed of the draw of the wrong choices.
+
+    Raises:
+        ValueError: An item has no wrong choice.
+    """
+    rng = random.Random(f"pairs-{seed}")
+    pairs = []
+    for index, item in enumerate(items):
+        wrong = [c for c in range(item.num_choices) if c != item.gold]
+        if not wrong:
+            raise ValueError(f"item {index} ({item.prompt!r}) has no wrong choice")
+        pairs.append(ContrastivePair(item.text(item.gold), item.text(rng.choice(wrong))))
+    return pairs
+
+
+def _text_length(entry: ChoiceItem | ContrastivePair) -> int:
+    if isinstance(entry, ContrastivePair):
+        return max(len(entry.positive), len(entry.negative))
+    return max(len(entry.text(c)) for c in range(entry.num_choices))
+
+
+def longest_first(entries: Sequence[T]) -> list[T]:
+    """Items or pairs ordered by their longest text, longest first (ties keep their order).
+
+    Batching neighbours of this order pads each batch to a length close to its rows' own: on
+    BoolQ, whose passages vary from a few dozen to several hundred tokens, batches in data order
+    spend most of their compute on padding.  Character length stands in for token length (no
+    tokenization needed).
+    """
+    order = sorted(range(len(entries)), key=lambda i: -_text_length(entries[i]))  # stable
+    return [entries[i] for i in order]
+
+
+# ---------------------------------------------------------------------------- readers
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    records.append((line_number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{line_number}: not valid JSON ({err})") from err
+    return records
+
+
+def _field(path: Path, where: int | str, record: dict[str, Any], key: str) -> Any:
+    if key not in record:
+        raise ValueError(f"{path}:{where}: missing key {key!r} (keys: {sorted(record)})")
+    return record[key]
+
+
+def _read_boolq(path: Path) -> list[ChoiceItem]:
+    template = TEMPLATES["boolq"]
+    items = []
+    for line, record in _read_jsonl(path):
+        query = str(_field(path, line, record, "query")).strip()
+        choices = _field(path, line, record, "choices")
+        passage, sep, question = query.rpartition("\nQuestion: ")
+        if not sep or not passage.startswith("Passage: "):
+            raise ValueError(
+                f"{path}:{line}: expected a query 'Passage: ...\\nQuestion: ...', got "
+                f"{query[:80]!r}"
+            )
+        prompt = template.prompt.format(
+            passage=passage.removeprefix("Passage: ").strip(),
+            question=question.strip().rstrip("?").strip(),
+        )
+        items.append(
+            ChoiceItem(
+                prompt=prompt,
+                choices=tuple(template.choice.format(answer=str(c).strip()) for c in choices),
+                gold=int(_field(path, line, record, "gold")),
+            )
+        )
+    return items
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _read_copa(path: Path) -> list[ChoiceItem]:
+    template = TEMPLATES["copa"]
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{path}: not valid XML ({err})") from err
+    by_id: dict[int, ChoiceItem] = {}
+    for element in root.iter("item"):
+        item_id = int(element.get("id", "0"))
+        if not 1 <= item_id <= 500:  # ids >= 1001 are Balanced-COPA's mirrored items
+            continue
+        where = f"item {item_id}"
+        texts = {}
+        for tag in ("p", "a1", "a2"):
+            child = element.find(tag)
+            if child is None or not (child.text or "").strip():
+                raise ValueError(f"{path}: {where} has no <{tag}> text")
+            texts[tag] = (child.text or "").strip()
+        asks_for = element.get("asks-for")
+        answer = element.get("most-plausible-alternative")
+        if asks_for not in COPA_CONNECTIVES or answer not in ("1", "2"):
+            raise ValueError(
+                f"{path}: {where} has asks-for={asks_for!r} (expected cause or effect) and "
+                f"most-plausible-alternative={answer!r} (expected 1 or 2)"
+            )
+        premise = texts["p"].removesuffix(".")
+        by_id[item_id] = ChoiceItem(
+            prompt=template.prompt.format(premise=premise, connective=COPA_CONNECTIVES[asks_for]),
+            choices=tuple(
+                template.choice.format(alternative=_lower_first(texts[tag])) for tag in ("a1", "a2")
+            ),
+            gold=int(answer) - 1,
+        )
+    return [by_id[i] for i in sorted(by_id)]
+
+
+def _blanked(contexts: Sequence[str]) -> str:
+    """The sentence up to the blank: the contexts' common prefix cut at a word boundary + "_"."""
+    prefix = os.path.commonprefix(list(contexts))
+    if len(set(contexts)) > 1:
+        prefix = prefix[: prefix.rfind(" ") + 1]  # "... but the b" -> "... but the "
+    return prefix + "_"
+
+
+def _read_winogrande(path: Path) -> list[ChoiceItem]:
+    template = TEMPLATES["winogrande"]
+    items = []
+    for line, record in _read_jsonl(path):
+        contexts = tuple(str(c).strip() for c in _field(path, line, record, "context_options"))
+        continuation = str(_field(path, line, record, "continuation")).strip()
+        if not continuation:
+            raise ValueError(f"{path}:{line}: empty continuation")
+        choice = template.choice.format(continuation=continuation)
+        if continuation.startswith(_NO_SPACE_BEFORE):
+            choice = choice.lstrip(" ")  # "... the factory" + "." / "Sarah" + "'s face."
+        items.append(
+            ChoiceItem(
+                prompt=_blanked(contexts),
+                choices=(choice,) * len(contexts),
+                gold=int(_field(path, line, record, "gold")),
+                prompts=tuple(template.prompt.format(context=c) for c in contexts),
+            )
+        )
+    return items
+
+
+_READERS = {"boolq": _read_boolq, "copa": _read_copa, "winogrande": _read_winogrande}
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def load_task_items(task: str, data_dir: str | Path | None = None) -> list[ChoiceItem]:
+    """All items of a task, in file order (COPA: by id), rendered with :data:`TEMPLATES`.
+
+    Args:
+        task: ``"boolq"``, ``"copa"`` or ``"winogrande"``.
+        data_dir: Folder holding :data:`TASK_FILES` (default: ``../shared/data``).
+
+    Raises:
+        ValueError: Unknown task or malformed record (the message names file and line / id).
+        FileNotFoundError: The task's file is missing.
+    """
+    check_task(task)
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = root / TASK_FILES[task]
+    if not path.is_file():
+        raise FileNotFoundError(f"{task}: expected the data file {path}")
+    return _READERS[task](path)
+
+
+# ---------------------------------------------------------------------------- download
+@dataclass(frozen=True)
+class _Source:
+    url: str
+    sha256: str  # of the task file (for an archive: of the extracted member)
+    member: str | None = None  # path inside a .tar.bz2 archive
+
+
+_LLM_FOUNDRY = (
+    "https://raw.githubusercontent.com/mosaicml/llm-foundry/"
+    "8c8dd48f72168c5d51e2f7b151595892a8fba43d/scripts/eval/local_data/"
+)
+_SOURCES: dict[str, _Source] = {
+    "boolq": _Source(
+        _LLM_FOUNDRY + "reading_comprehension/boolq.jsonl",
+        "454ff101e614370bb1807fe7ebbda6fdb57e794b9662cc1ccae211bf1ff626c8",
+    ),
+    "copa": _Source(
+        "https://raw.githubusercontent.com/Balanced-COPA/Balanced-COPA.github.io/"
+        "6e031959f0df0620059cb03d708bfbefd38ee0ba/downloads/balanced_copa.tar.bz2",
+        "2091dce8a2923b8530804644780ebe01fd1ae30342eb2562a3821786274b5b25",
+        member="balanced_copa/balacopa-dev-all.xml",
+    ),
+    "winogrande": _Source(
+        _LLM_FOUNDRY + "language_understanding/winogrande.jsonl",
+        "ea1592526f3bfdd0948ed3acb1b4dfa3f83d23698917118688ee1df7f8d4b8d7",
+    ),
+}
+
+
+def download_task_file(task: str, data_dir: str | Path, timeout: float = 60.0) -> Path:
+    """Download a task's file into ``data_dir`` (needs internet access).
+
+    The files are the ones ``../shared/data`` holds: BoolQ and WinoGrande in MosaicML
+    llm-foundry's format, COPA from the Balanced-COPA archive, all at pinned commits and checked
+    against their SHA-256, so a download gives the same items and splits as the shared copy.
+
+    Args:
+        task: ``"boolq"``, ``"copa"`` or ``"winogrande"``.
+        data_dir: Destination folder; the file goes to ``data_dir / TASK_FILES[task]``.
+        timeout: Seconds to wait for the server.
+
+    Returns:
+        The path of the downloaded file.
+
+    Raises:
+        ConnectionError: The download failed (e.g. no internet access).
+        ValueError: The downloaded file has an unexpected checksum.
+    """
+    check_task(task)
+    source = _SOURCES[task]
+    target = Path(data_dir) / TASK_FILES[task]
+    try:
+        with urllib.request.urlopen(source.url, timeout=timeout) as response:
+            payload = response.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        raise ConnectionError(
+            f"could not download {task} from {source.url} ({err}). Without internet access, "
+            f"copy the file to {target} (see ../shared/data/SOURCES.md)."
+        ) from err
+    if source.member is not None:
+        with tarfile.open(fileobj=io.BytesIO(bz2.decompress(payload))) as archive:
+            try:
+                extracted = archive.extractfile(source.member)
+            except KeyError:
+                extracted = None
+            if extracted is None:
+                raise ValueError(f"{source.url} has no file {source.member}")
+            payload = extracted.read()
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != source.sha256:
+        raise ValueError(
+            f"the {task} file from {source.url} has SHA-256 {digest}, expected {source.sha256}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        tmp.write(payload)
+    os.replace(tmp.name, target)  # atomic: no half-written file on failure
+    return target

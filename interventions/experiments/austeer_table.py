@@ -1,0 +1,76 @@
+"""The AUSteer results table: tasks x (vanilla, CAA, AUSteer-Head, AUSteer-FFN, four ablations).
+
+One command trains every run from the ``configs/commonsense`` configs and aggregates their
+``metrics.json`` (test accuracy and the number of steered activations)::
+
+    python -m interventions.experiments.austeer_table --out runs/commonsense/table -- --data.max_test 500
+
+Everything after ``--`` is passed to ``train.py fit`` for every run; a run whose
+``metrics.json`` exists is not trained again, so an interrupted table continues where it stopped.
+The ablations (random and activation-difference localisation, fixed vector, fixed strength) use
+the ``--ablation_site`` variant (default FFN).  Results: ``<out>/table.json`` and
+``<out>/table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from interventions.experiments.runner import fit_run, markdown_table, parse_args, write_table
+
+ROWS = [
+    ("CAA", "caa", None),
+    ("AUSteer-Head", "austeer_head", None),
+    ("AUSteer-FFN", "austeer_ffn", None),
+    ("random localisation", None, "random"),
+    ("activation-difference localisation", None, "actdiff"),
+    ("fixed vector", None, "fixed_vector"),
+    ("fixed strength", None, "fixed_strength"),
+]
+
+
+def markdown(table: dict[str, dict[str, dict]], tasks: list[str]) -> str:
+    """Rows = methods, columns = tasks: test accuracy (steered activations)."""
+
+    def cell(r: dict | None) -> str:
+        return "" if r is None else f"{r['accuracy']:.3f} ({r['steered']})"
+
+    rows = [[name, *(cell(table[name].get(task)) for task in tasks)] for name in table]
+    return markdown_table(["method", *tasks], rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description="Train AUSteer, CAA and the ablations on commonsense tasks; aggregate.",
+        epilog="Arguments after -- are passed to train.py fit for every run.",
+    )
+    parser.add_argument("--tasks", nargs="+", default=["boolq", "copa", "winogrande"])
+    parser.add_argument("--ablation_site", choices=["head", "ffn"], default="ffn")
+    parser.add_argument("--configs", default="configs/commonsense")
+    parser.add_argument("--out", default="runs/commonsense/table")
+    args, extra = parse_args(parser, argv)
+    out = Path(args.out)
+    table: dict[str, dict[str, dict]] = {"vanilla": {}}
+    for task in args.tasks:
+        for name, config, method in ROWS:
+            stem = config or f"austeer_{args.ablation_site}"
+            run_extra = list(extra)
+            folder = f"{stem}_{task}"
+            if method is not None:
+                run_extra.append(f"--model.method={method}")
+                folder = f"{method}_{args.ablation_site}_{task}"
+            config = Path(args.configs) / f"{stem}_{task}.yaml"
+            metrics = fit_run(["--config", str(config), *run_extra], out / folder)
+            table.setdefault(name, {})[task] = {
+                "accuracy": metrics["test/accuracy"],
+                "steered": metrics["num_steered_activations"],
+                "choice": metrics["choice"],
+            }
+            table["vanilla"][task] = {"accuracy": metrics["test/accuracy_vanilla"], "steered": 0}
+    write_table(out, table, markdown(table, args.tasks))
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The one runner of every driver: train a run unless it is done, parse ``-- passthrough``
+arguments, and write a result table.
+
+* :func:`fit_run` trains one run in this process (``train.py fit`` with the given arguments and
+  ``--trainer.default_root_dir=<run>``) and returns its ``metrics.json``; a run whose
+  ``metrics.json`` exists is not trained again (``resume=True``), so an interrupted driver
+  continues where it stopped;
+* :func:`parse_args` splits a driver's own arguments from the ``train.py fit`` arguments after
+  ``--`` (passed to every run);
+* :func:`markdown_table` formats rows of cells;
+* :func:`write_table` writes ``<out>/table.json`` and ``<out>/table.md`` and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from interventions.cli import build_cli
+
+__all__ = ["fit_run", "markdown_table", "parse_args", "split_passthrough", "write_table"]
+
+
+def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """``(own, passthrough)``: a driver's arguments before ``--`` and the ``train.py fit``
+    arguments after it (``argv=None`` reads ``sys.argv``)."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in raw:
+        return raw, []
+    cut = raw.index("--")
+    return raw[:cut], raw[cut + 1 :]
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """A driver's parsed arguments and the ``train.py fit`` arguments after ``--``."""
+    own, passthrough = split_passthrough(argv)
+    return parser.parse_args(own), passthrough
+
+
+def fit_run(args: list[str], run: str | Path, resume: bool = True) -> dict[str, Any]:
+    """Train one run in this process (``train.py fit`` with ``args`` and
+    ``--trainer.default_root_dir=run``) and return its ``metrics.json``; with ``resume`` a run
+    whose ``metrics.json`` exists is read, not trained again."""
+    run = Path(run)
+    metrics = run / "metrics.json"
+    if not (resume and metrics.is_file()):
+        cli = build_cli([*args, f"--trainer.default_root_dir={run}"], run=False)
+        cli.trainer.fit(cli.model, cli.datamodule)
+    return json.loads(metrics.read_text())
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: the header row, the separator and one line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out: str | Path, table: Any, text: str, name: str = "table") -> Path:
+    """``<out>/<name>.json`` (the numbers) and ``<out>/<name>.md`` (``text``); prints ``text``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(table, indent=2, default=str) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(text)
+    return out / f"{name}.md"

@@ -1,0 +1,1 @@
+"""One package per paper: its algorithm in plain functions and its LightningModule beside them."""

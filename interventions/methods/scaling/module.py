@@ -1,0 +1,394 @@
+"""Activation scaling (Stoehr et al.): the three-term trainer as a LightningModule.
+
+:class:`InterventionModule` wraps a frozen backbone and one edit (ActivScalar, SteerVec or
+DynScalar, see :mod:`interventions.edits`) and trains the edit on effectiveness + faithfulness +
+minimality.  Each training step runs the beta = +1 and beta = -1 passes as one concatenated
+batch (beta is a per-row runtime argument).  The clean logits never change for a frozen
+backbone, so they are computed once per prompt and kept on the device (``cache_clean_logits``);
+without the cache the clean rows join the batch with beta = 0 and their logits are detached.
+
+Minimality is an L1 term: a plain penalty in the loss (``sparsity="penalty"``), or a proximal
+(soft-threshold) step after every optimiser step (``sparsity="proximal"``), which drives
+unimportant parameters to exactly zero.
+
+The backbone is held outside the module tree, so checkpoints contain the edit's parameters and
+the hyperparameters only; loading a checkpoint reloads the backbone by name.  At the end of
+``fit`` the edit is exported to ``<run>/intervention/`` (safetensors + JSON, also logged as a W&B
+artifact) and the plots are written to ``<run>/plots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from interventions.core.backbone import DEFAULT_BACKBONE, FrozenBackbone, load_backbone
+from interventions.core.hooks import attach, last_token_logits
+from interventions.core.sites import model_dims
+from interventions.edits import EDITS, PointEdit, PositionSpec, build_edit
+from interventions.evaluation.objectives import (
+    InterventionMetrics,
+    objective_terms,
+    soft_threshold_,
+    three_term_loss,
+)
+from interventions.methods.scaling.report import finish_run
+
+EditKind = Literal["activscalar", "steervec", "dynscalar"]
+Sparsity = Literal["penalty", "proximal"]
+EarlyStoppingMonitor = Literal["val/flip_rate", "val/effectiveness", "val/loss"]
+
+
+class InterventionModule(FrozenBackbone, L.LightningModule):
+    """A frozen causal LM plus one trainable edit, trained on the three-term objective.
+
+    Args:
+        backbone: model to intervene on: the alias ``smollm2-135m-instruct`` (packaged, offline),
+            a local folder or a hub name.
+        edit: edit type: ``activscalar`` (h * (1 + beta alpha)), ``steervec`` (h + beta v) or
+            ``dynscalar`` (alpha = g^T h / ||h||).
+        sites: sites to edit (``resid_post``, ``attn_out``, ``mlp_out``, ``attn_z``, ``mlp_act``).
+        layers: layers to edit; ``None`` = every layer.
+        positions: ``"all"`` (one parameter per prompt position for ActivScalar / SteerVec, every
+            token for DynScalar), ``"last"`` or a list of prompt positions.
+        num_positions: prompt token length for position-tied edits; ``None`` = taken from the
+            data module's ``prompt_length`` at setup.
+        init_std: standard deviation sigma of the N(0, sigma) initialisation.
+        lambda_f: weight lambda_F of the faithfulness (KL) term.
+        lambda_m: weight lambda_M of the L1 minimality term.
+        sparsity: how the L1 term is optimised: ``"penalty"`` (added to the loss; Adam follows its
+            subgradient, values hover near but rarely at zero) or ``"proximal"`` (after each
+            optimiser step ``theta <- sign(theta) * max(|theta| - lr * lambda_M, 0)``: exact zeros).
+        margin: margin m of the effectiveness hinge.
+        lr: Adam learning rate.
+        dtype: backbone dtype (``float32``, ``bfloat16``, ``float16``).
+        adapter: optional PEFT adapter folder merged into the backbone.
+        beta_grid: betas for the logit-difference-vs-beta plot made at the end of ``fit``.
+        cache_clean_logits: compute each prompt's clean logits once and keep them on the device
+            (``prompts x vocab`` floats; 200 IOI prompts on SmolLM2: 39 MB); ``False`` runs the
+            clean rows in every step.
+        early_stopping_patience: stop ``fit`` when ``early_stopping_monitor`` has not improved
+            by ``early_stopping_min_delta`` for this many validation epochs; ``None`` trains for
+            ``trainer.max_epochs``.
+        early_stopping_monitor: the validation metric watched: ``val/flip_rate`` (maximised;
+            stops once the flips are reached and hold), ``val/effectiveness`` (maximised) or
+            ``val/loss`` (the objective with lambda_M * L1, minimised; with the proximal step
+            L1 is not what Adam minimises, so prefer the flip rate there).
+        early_stopping_min_delta: the improvement that counts.
+        num_samples: test prompts continued greedily with beta = +1, 0, -1 at the end of
+            ``fit`` (``<run>/samples.md`` and a W&B table); 0 = none.
+        sample_tokens: new tokens per continuation.
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        edit: EditKind = "activscalar",
+        sites: list[str] | None = None,
+        layers: list[int] | None = None,
+        positions: PositionSpec = "all",
+        num_positions: int | None = None,
+        init_std: float = 1e-5,
+        lambda_f: float = 1.0,
+        lambda_m: float = 0.0,
+        margin: float = 1.0,
+        lr: float = 1e-2,
+        dtype: str = "float32",
+        adapter: str | None = None,
+        beta_grid: list[float] | None = None,
+        sparsity: Sparsity = "penalty",
+        cache_clean_logits: bool = True,
+        early_stopping_patience: int | None = None,
+        early_stopping_monitor: EarlyStoppingMonitor = "val/flip_rate",
+        early_stopping_min_delta: float = 0.0,
+        num_samples: int = 4,
+        sample_tokens: int = 12,
+    ) -> None:
+        super().__init__()
+        if edit not in EDITS:
+            raise ValueError(f"Unknown edit {edit!r}. Available: {', '.join(sorted(EDITS))}.")
+        if lambda_f < 0 or lambda_m < 0 or margin < 0:
+            raise ValueError("lambda_f, lambda_m and margin must be >= 0.")
+        if sparsity not in ("penalty", "proximal"):
+            raise ValueError(f"sparsity must be 'penalty' or 'proximal', got {sparsity!r}.")
+        if early_stopping_monitor not in ("val/flip_rate", "val/effectiveness", "val/loss"):
+            raise ValueError(
+                "early_stopping_monitor must be 'val/flip_rate', 'val/effectiveness' or "
+                f"'val/loss', got {early_stopping_monitor!r}."
+            )
+        if early_stopping_patience is not None and early_stopping_patience < 1:
+            raise ValueError(
+                f"early_stopping_patience must be >= 1 or null, got {early_stopping_patience}."
+            )
+        self.save_hyperparameters()
+        self.sites = list(sites) if sites else ["attn_out", "mlp_out"]
+        model, tokenizer = load_backbone(backbone, dtype=dtype, adapter=adapter)
+        # Held outside the module tree: never in state_dict / checkpoints, never put in train mode.
+        self.hold_backbone(model, tokenizer)
+        self.dims = model_dims(model)
+        self.beta_grid = beta_grid or [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
+        self.edit: PointEdit | None = None
+        if not self._needs_prompt_length():
+            self._build_edit(num_positions)
+        self._clean_cache: dict[bytes, Tensor] = {}  # prompt tokens -> clean logits [vocab]
+        self.val_metrics = InterventionMetrics("val/")
+        self.test_metrics = InterventionMetrics("test/")
+
+    # ------------------------------------------------------------------------------ building
+    def _needs_prompt_length(self) -> bool:
+        h = self.hparams
+        tied = EDITS[h.edit].position_tied and h.positions == "all"
+        negative = isinstance(h.positions, list) and any(p < 0 for p in h.positions)
+        return (tied or negative) and h.num_positions is None
+
+    def _build_edit(self, num_positions: int | None) -> None:
+        h = self.hparams
+        self.edit = build_edit(
+            h.edit,
+            self.dims,
+            sites=self.sites,
+            layers=h.layers,
+            positions=h.positions,
+            num_positions=num_positions,
+            init_std=h.init_std,
+        )
+        self.hparams["num_positions"] = num_positions
+        rank_zero_info(
+            f"{type(self.edit).__name__}: {self.edit.num_parameters():,} parameters on "
+            f"{len(self.edit.layers)} layers x {self.edit.sites} x {self.edit.num_slots} position(s)"
+        )
+
+    def setup(self, stage: str) -> None:
+        if self.edit is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        length = getattr(datamodule, "prompt_length", None)
+        if length is None:
+            raise ValueError(
+                f"{self.hparams.edit} with positions={self.hparams.positions!r} ties parameters to "
+                "prompt positions, so all prompts must have one token length: use a data module "
+                "with fixed_length=true, set model.num_positions, or use positions='last' / "
+                "edit=dynscalar for prompts of varying length."
+            )
+        self._build_edit(int(length))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.edit.parameters(), lr=self.hparams.lr)
+
+    def configure_callbacks(self) -> list[Callback]:
+        patience = self.hparams.early_stopping_patience
+        if patience is None:
+            return []
+        monitor = self.hparams.early_stopping_monitor
+        return [
+            EarlyStopping(
+                monitor=monitor,
+                mode="min" if monitor == "val/loss" else "max",
+                patience=patience,
+                min_delta=self.hparams.early_stopping_min_delta,
+            )
+        ]
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.hparams.sparsity == "proximal" and self.hparams.lambda_m > 0:
+            for group in optimizer.param_groups:
+                soft_threshold_(group["params"], group["lr"] * self.hparams.lambda_m)
+
+    # ------------------------------------------------------------------------------ forward
+    def _check_lengths(self, mask: Tensor) -> None:
+        if not (self.edit.position_tied and self.edit.positions == "all"):
+            return
+        lengths = mask.sum(1)
+        expected = self.edit.num_positions
+        if bool((lengths != expected).any()):
+            raise ValueError(
+                f"{type(self.edit).__name__} ties one parameter to each of {expected} prompt "
+                f"positions, but this batch has prompts of {sorted(set(lengths.tolist()))} tokens. "
+                "Use fixed_length=true in the data module, or positions='last' / DynScalar."
+            )
+
+    def three_way_logits(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits at the last prompt token for beta = +1, -1 and the clean model.
+
+        The edited rows run as one batch; the clean logits come from the per-prompt cache
+        (``cache_clean_logits``) or, without it, from beta = 0 rows of the same batch.
+        """
+        if self.edit is None:
+            raise RuntimeError(
+                "The edit is not built yet: position-tied edits take num_positions from the data "
+                "module at setup. Pass num_positions=<prompt length> to InterventionModule, or "
+                "call this after trainer.fit / validate / test."
+            )
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        self._check_lengths(mask)
+        n = ids.shape[0]
+        if not self.hparams.cache_clean_logits:
+            beta = torch.cat([ids.new_ones(n), -ids.new_ones(n), ids.new_zeros(n)]).float()
+            with attach(self.model, self.edit, beta=beta):
+                logits = last_token_logits(self.model, ids.repeat(3, 1), mask.repeat(3, 1))
+            pos, neg, clean = logits.split(n)
+            return pos, neg, clean.detach()
+        clean = self.clean_logits(ids, mask)
+        beta = torch.cat([ids.new_ones(n), -ids.new_ones(n)]).float()
+        with attach(self.model, self.edit, beta=beta):
+            logits = last_token_logits(self.model, ids.repeat(2, 1), mask.repeat(2, 1))
+        pos, neg = logits.split(n)
+        return pos, neg, clean
+
+    @torch.no_grad()
+    def clean_logits(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """``[batch, vocab]`` unedited logits at each prompt's last token, each prompt's computed
+        once (keyed by its real tokens, so padding, batching and shuffling do not matter) and
+        kept on the device; only prompts not seen before run through the model.  Without
+        ``cache_clean_logits`` every call runs the prompts."""
+        if not self.hparams.cache_clean_logits:
+            return last_token_logits(self.model, ids, mask)
+        rows = ids.detach().cpu()
+        real = mask.detach().cpu().bool()
+        keys = [rows[r][real[r]].numpy().tobytes() for r in range(rows.shape[0])]
+        todo: dict[bytes, int] = {}  # prompts not seen before -> their first row
+        for r, key in enumerate(keys):
+            if key not in self._clean_cache and key not in todo:
+                todo[key] = r
+        if todo:
+            index = torch.tensor(list(todo.values()), device=ids.device)
+            logits = last_token_logits(self.model, ids[index], mask[index])
+            for key, row in zip(todo, logits, strict=True):
+                self._clean_cache[key] = row
+        return torch.stack([self._clean_cache[key] for key in keys])
+
+    def _terms(self, batch: dict[str, Any]):
+        pos, neg, clean = self.three_way_logits(batch)
+        return objective_terms(
+            pos, neg, clean, batch["correct_id"], batch["wrong_id"], self.hparams.margin
+        )
+
+    def loss(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Any]:
+        """The three-term loss of one batch, its parts and the per-example terms."""
+        terms = self._terms(batch)
+        h = self.hparams
+        # the proximal step handles L1 after the optimiser step: not in the gradient
+        lambda_m = h.lambda_m if h.sparsity == "penalty" else 0.0
+        parts = three_term_loss(terms, self.edit.l1(), h.lambda_f, lambda_m)
+        return parts, terms
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        parts, terms = self.loss(batch)
+        n = batch["input_ids"].shape[0]
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
+        self.log("train/effectiveness", -terms.hinge0.mean(), prog_bar=True, batch_size=n)
+        self.log("train/faithfulness", parts["faithfulness"], batch_size=n)
+        self.log("train/flip_rate", terms.flipped.float().mean(), batch_size=n)
+        self.log("train/l1", parts["l1"], batch_size=n)
+        return parts["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update_from(self._terms(batch))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_metrics.update_from(self._terms(batch))
+
+    def _log_epoch(self, metrics: InterventionMetrics, prefix: str) -> None:
+        values = metrics.compute()
+        self.log_dict(values, prog_bar=prefix == "val/")
+        h = self.hparams
+        objective = (
+            -values[f"{prefix}effectiveness_margin"]
+            - h.lambda_f * values[f"{prefix}faithfulness"]
+            + h.lambda_m * self.edit.l1().detach()
+        )
+        self.log(f"{prefix}loss", objective)
+        self.log(f"{prefix}minimality", float(self.edit.count_nonnegligible()))
+        self.log(f"{prefix}num_parameters", float(self.edit.num_parameters()))
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics, "val/")
+
+    def on_test_epoch_end(self) -> None:
+        values = {k: float(v) for k, v in self.test_metrics.compute().items()}
+        self._log_epoch(self.test_metrics, "test/")
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            values["test/minimality"] = float(self.edit.count_nonnegligible())
+            run = self.run_dir()
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "test_metrics.json").write_text(json.dumps(values, indent=2) + "\n")
+
+    # ------------------------------------------------------------------------------ evaluation
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    @torch.no_grad()
+    def evaluate(self, dataloader) -> dict[str, float]:
+        """All metrics on one data loader, outside the trainer (used for train-split numbers)."""
+        return self.evaluate_with_curve(dataloader, [])[0]
+
+    @torch.no_grad()
+    def logit_diff_by_beta(self, dataloader, betas: list[float]) -> dict[str, list[float]]:
+        """Mean logit of the correct and wrong token, and their difference, for each beta."""
+        return self.evaluate_with_curve(dataloader, betas)[1]
+
+    @torch.no_grad()
+    def evaluate_with_curve(
+        self, dataloader, betas: list[float]
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """The metrics of :meth:`evaluate` and the curve of :meth:`logit_diff_by_beta` from one
+        pass: each prompt runs once per distinct nonzero beta of ``betas`` and +-1, and the
+        beta = 0 logits are the cached clean ones (an edit at beta = 0 is the identity)."""
+        metrics = InterventionMetrics("").to(self.device)
+        grid = [float(b) for b in betas]
+        distinct = sorted({b for b in grid + [1.0, -1.0] if b != 0.0})
+        sums = torch.zeros(len(grid), 2)
+        count = 0
+        for batch in dataloader:
+            batch = self._on_device(batch)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            self._check_lengths(mask)
+            correct, wrong = batch["correct_id"], batch["wrong_id"]
+            by_beta = {0.0: self.clean_logits(ids, mask)}
+            for beta in distinct:
+                with attach(self.model, self.edit, beta=beta):
+                    by_beta[beta] = last_token_logits(self.model, ids, mask)
+            metrics.update_from(
+                objective_terms(
+                    by_beta[1.0], by_beta[-1.0], by_beta[0.0], correct, wrong, self.hparams.margin
+                )
+            )
+            rows = torch.arange(ids.shape[0], device=ids.device)
+            for i, beta in enumerate(grid):
+                sums[i, 0] += by_beta[beta][rows, correct].sum().cpu()
+                sums[i, 1] += by_beta[beta][rows, wrong].sum().cpu()
+            count += ids.shape[0]
+        out = {k: float(v) for k, v in metrics.compute().items()}
+        out["minimality"] = float(self.edit.count_nonnegligible())
+        out["num_parameters"] = float(self.edit.num_parameters())
+        means = sums / max(count, 1)
+        curve = dict(
+            beta=grid,
+            correct=means[:, 0].tolist(),
+            wrong=means[:, 1].tolist(),
+            diff=(means[:, 0] - means[:, 1]).tolist(),
+        )
+        return out, curve
+
+    # ------------------------------------------------------------------------------ end of fit
+    def run_dir(self) -> Path:
+        """The run folder: the trainer's default_root_dir."""
+        return Path(self.trainer.default_root_dir)
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def on_fit_end(self) -> None:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        finish_run(self)

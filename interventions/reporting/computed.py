@@ -1,0 +1,92 @@
+"""The base of the methods that compute their result rather than train it: :class:`ComputedModule`.
+
+CAA (mean differences), AUSteer (momentum statistics), A2A (attribution graphs and a grid
+search) and the attribution scalars (patching scores) share one shape, written here once:
+
+* ``fit`` is one pass over the training split with no optimiser: :meth:`reset_statistics` at the
+  start of each training epoch, :meth:`accumulate` for every batch, :meth:`statistics_complete`
+  at the end of the epoch;
+* at the end of ``fit``, :meth:`finish` turns the statistics into the result (search, export,
+  evaluation, files through :class:`~interventions.reporting.artifacts.RunArtifacts`) and returns
+  the run's metrics, kept as ``self.results``.
+
+Everything a method accumulates passes through these hooks, so this is the one place where the
+statistics of several processes will be combined before :meth:`finish`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule
+
+from interventions.core.backbone import FrozenBackbone
+from interventions.reporting.artifacts import RunArtifacts
+
+__all__ = ["ComputedModule"]
+
+
+class ComputedModule(FrozenBackbone, LightningModule):
+    """A frozen backbone plus statistics accumulated over the training data, finished once.
+
+    Subclasses implement :meth:`reset_statistics`, :meth:`accumulate` and :meth:`finish`, and
+    may override :meth:`statistics_complete` and :meth:`has_statistics`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.results: dict[str, Any] = {}
+        self._fit_started = time.perf_counter()
+
+    # ------------------------------------------------------------------ to implement
+    def reset_statistics(self) -> None:
+        """Start an empty pass (called at the start of every training epoch)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement reset_statistics()")
+
+    def accumulate(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Add one training batch to the statistics."""
+        raise NotImplementedError(f"{type(self).__name__} must implement accumulate()")
+
+    def statistics_complete(self) -> None:
+        """The pass is over (end of the training epoch): derive what later steps read."""
+
+    def has_statistics(self) -> bool:
+        """Whether there is anything to finish (``False``: :meth:`finish` is skipped)."""
+        return True
+
+    def finish(self, datamodule: Any, artifacts: RunArtifacts) -> dict[str, Any]:
+        """The result from the statistics: write the run's files, return its metrics."""
+        raise NotImplementedError(f"{type(self).__name__} must implement finish()")
+
+    # ------------------------------------------------------------------ the shared lifecycle
+    def configure_optimizers(self) -> None:
+        return None  # computed, not trained
+
+    def run_dir(self) -> Path:
+        """The run folder: the trainer's default_root_dir."""
+        return Path(self.trainer.default_root_dir)
+
+    def fit_seconds(self) -> float:
+        """Seconds since ``fit`` started."""
+        return time.perf_counter() - self._fit_started
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def on_train_epoch_start(self) -> None:
+        self.reset_statistics()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.accumulate(batch, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.statistics_complete()
+
+    def on_fit_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not self.has_statistics() or not self.trainer.is_global_zero:
+            return
+        self.results = self.finish(datamodule, RunArtifacts.of(self))
