@@ -11,12 +11,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from interventions.core.backbone import DEFAULT_BACKBONE, load_backbone
-from interventions.core.hooks import position_ids, record
-from interventions.core.sites import site_module
+from interventions.core.hooks import attach, position_ids
 
 EncoderName = Literal["minilm", "lm_internal"]
 
@@ -105,8 +104,23 @@ class _StopForward(Exception):
     """Raised after layer 0: the rest of the backbone is not needed for the embedding."""
 
 
-def _stop_forward(module: nn.Module, args: tuple, output: Any) -> None:
-    raise _StopForward
+class _ReadAndStop:
+    """An edit (for :func:`attach`, the one hook system) that keeps one point's activation and
+    then ends the forward pass: nothing after that point is computed."""
+
+    def __init__(self, point: tuple[int, str]) -> None:
+        self.point = point
+        self.value: Tensor | None = None
+
+    def points(self) -> list[tuple[int, str]]:
+        return [self.point]
+
+    def prepare(self, ctx: Any, beta: Tensor) -> None:
+        return None
+
+    def apply(self, layer: int, site: str, h: Tensor, state: Any) -> Tensor:
+        self.value = h.detach()
+        raise _StopForward
 
 
 @torch.no_grad()
@@ -116,15 +130,12 @@ def _encode_lm_internal(
     model, tokenizer = _cached(
         ("lm_internal:" + backbone, device), lambda: load_backbone(backbone, device=device)
     )
-    point = (0, "resid_post")
-    layer0, side = site_module(model, *point)
     out = []
     for batch in _batches(texts, batch_size, "encoding prompts"):
         enc = tokenizer(batch, padding=True, padding_side="left", return_tensors="pt").to(device)
         ids, mask = enc["input_ids"], enc["attention_mask"]  # [B, T] each, left padded
-        with record(model, [point]) as acts:
-            # record's hook runs first (prepended); this one then ends the forward pass early.
-            stop = layer0.register_forward_hook(_stop_forward) if side == "output" else None
+        reader = _ReadAndStop((0, "resid_post"))
+        with attach(model, reader):
             try:
                 model(
                     input_ids=ids,
@@ -134,10 +145,8 @@ def _encode_lm_internal(
                 )
             except _StopForward:
                 pass
-            finally:
-                if stop is not None:
-                    stop.remove()
-        h = acts[point].float()  # [B, T, d_model]
+        assert reader.value is not None
+        h = reader.value.float()  # [B, T, d_model]
         if pooling == "last":  # left padding: the last column is every row's last real token
             pooled = h[:, -1]
         else:
