@@ -1,7 +1,8 @@
 """`make train` old default vs new default, back to back in one run: wall time and passes.
 
 The old default is the IOI ActivScalar config as it was before sparse defaults (plain L1 penalty
-with lambda_M = 0.001, lr 0.01, batch 32, the clean rows run in every step, 20 epochs); the new
+with lambda_M = 0.001, lr 0.01, batch 32, the clean rows run in every step, 20 epochs, validation
+every epoch); the new
 one is ``configs/ioi/activscalar.yaml`` as shipped.  Both train the same data from the same seed
 through the CLI, with the end-of-fit work (final metrics, plots, export, samples) included, and
 the script prints the wall time of each, their ratio, and the rows each sends through the model
@@ -28,6 +29,7 @@ OLD_DEFAULT = [
     "--model.early_stopping_patience=null",
     "--model.num_samples=0",
     "--trainer.max_epochs=20",
+    "--trainer.check_val_every_n_epoch=1",
     "--data.batch_size=32",
 ]
 
