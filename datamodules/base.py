@@ -5,18 +5,8 @@ A task is a list of :class:`ContrastiveExample`: a prompt and two competing sing
 ``corrupted_prompt`` of the same token length for patching-style methods. A subclass of
 :class:`ContrastiveDataModule` only writes :meth:`ContrastiveDataModule.build_examples`; the base
 class validates the answers, keeps the prompts of one token length (``fixed_length``), makes
-deterministic seeded train/val/test splits and serves padded batches::
-
-    {
-        "input_ids": LongTensor[batch, seq],
-        "attention_mask": LongTensor[batch, seq],
-        "correct_id": LongTensor[batch],
-        "wrong_id": LongTensor[batch],
-        "prompts": list[str],
-        # only when the examples have corrupted prompts (same [batch, seq] as the clean ones):
-        "corrupted_input_ids": LongTensor[batch, seq],
-        "corrupted_attention_mask": LongTensor[batch, seq],
-    }
+deterministic seeded train/val/test splits and serves padded batches
+(:class:`interventions.core.batch.ContrastiveBatch`, made by its ``ContrastiveCollator``).
 """
 
 from __future__ import annotations
