@@ -1,4 +1,5 @@
-"""Model access: load and freeze a backbone (:mod:`.backbone`), the per-architecture table of
+"""Model access: load and freeze a backbone (:mod:`.backbone`; big-model dispatch and offload in
+:mod:`.dispatch`), the per-architecture table of
 intervention sites (:mod:`.sites`), the one hook system that edits and records activations
 (:mod:`.hooks`), the key/value-cache keyword of the installed transformers (:mod:`.kv_cache`)
 and the batch contracts every data module serves (:mod:`.batch`).

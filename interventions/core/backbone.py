@@ -17,6 +17,15 @@ A backbone is named by one of three things, resolved by :func:`resolve_backbone`
 eval mode, an optional PEFT adapter merged into the weights, and a pad token guaranteed;
 :func:`load_tokenizer` loads only the tokenizer.
 
+A backbone bigger than one device loads with Accelerate's big-model dispatch
+(``device_map`` / ``max_memory`` / ``offload_folder``, passed to ``from_pretrained``): the frozen
+weights are split over GPUs, CPU memory and disk, the hooks edit each activation where it lives
+and the inputs go to :func:`~interventions.core.dispatch.input_device` (see
+:mod:`interventions.core.dispatch`).  ``activation_checkpointing`` recomputes each decoder layer
+in the backward pass (:func:`interventions.core.hooks.checkpoint_layers`).  The modules take
+these options as hyperparameters of the same names and load through :func:`load_backbone_from`
+/ :meth:`FrozenBackbone.load_and_hold`.
+
 Supporting another packaged model means adding one :class:`PackagedGGUF` row to
 :data:`ALIASES`.
 """
@@ -30,7 +39,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from interventions.core.dispatch import (
+    DeviceMap,
+    MaxMemory,
+    check_strategy,
+    is_dispatched,
+    placement_kwargs,
+)
+from interventions.core.hooks import checkpoint_layers
+
 try:  # POSIX only; without it concurrent first builds are still safe, only duplicated.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -52,9 +70,11 @@ __all__ = [
     "ALIASES",
     "DEFAULT_BACKBONE",
     "DTYPES",
+    "FrozenBackbone",
     "PackagedGGUF",
     "cache_root",
     "load_backbone",
+    "load_backbone_from",
     "load_tokenizer",
     "resolve_backbone",
 ]
@@ -133,6 +153,15 @@ DTYPES: dict[str, torch.dtype | str] = {
 }
 """Accepted ``dtype`` strings (``"auto"`` = the dtype stored in the checkpoint's config)."""
 
+BACKBONE_OPTIONS = (
+    "adapter",
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "activation_checkpointing",
+)
+"""The loading options a module's hyperparameters may hold (see :func:`load_backbone_from`)."""
+
 _PADDING_SIDES = ("left", "right")
 _MARKER = "backbone_cache.json"  # written last inside the temp folder: proves the cache complete
 _CACHE_FORMAT = 1
@@ -208,6 +237,10 @@ def load_backbone(
     device: str | torch.device = "cpu",
     adapter: str | os.PathLike[str] | None = None,
     padding_side: str = "left",
+    device_map: DeviceMap | None = None,
+    max_memory: MaxMemory | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    activation_checkpointing: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a frozen causal LM and its tokenizer.
 
@@ -215,11 +248,21 @@ def load_backbone(
         name: alias, local folder or Hub name (see :func:`resolve_backbone`).
         dtype: one of :data:`DTYPES` (``"float32"``, ``"bfloat16"``, ``"float16"``, short forms,
             ``"auto"``) or a floating ``torch.dtype``.
-        device: where to put the model, e.g. ``"cpu"`` or ``"cuda:0"``.
+        device: where to put the model, e.g. ``"cpu"`` or ``"cuda:0"`` (ignored with a
+            ``device_map``).
         adapter: optional folder of a PEFT adapter (e.g. LoRA) for this model; it is merged into
             the weights (``PeftModel.from_pretrained(...).merge_and_unload()``), so the result
             is a plain transformers model.
         padding_side: tokenizer padding side, ``"left"`` or ``"right"``.
+        device_map: load with Accelerate's big-model dispatch (a
+            :data:`~interventions.core.dispatch.DeviceMap`): the weights are split over the
+            devices, and what does not fit is offloaded to CPU memory or ``offload_folder``; the
+            model then stays where the map put it (``FrozenBackbone`` does not move it).
+        max_memory: memory per device for an automatic ``device_map`` (a
+            :data:`~interventions.core.dispatch.MaxMemory`).
+        offload_folder: folder for the weights the device map puts on ``"disk"``.
+        activation_checkpointing: recompute each decoder layer in the backward pass instead of
+            keeping its activations (:func:`~interventions.core.hooks.checkpoint_layers`).
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode with ``requires_grad=False`` on every
@@ -234,9 +277,10 @@ def load_backbone(
             "a PEFT model's save_pretrained (adapter_config.json + adapter weights), or "
             "adapter=None."
         )
+    placement = placement_kwargs(device_map, max_memory, offload_folder, adapter)
     resolved = resolve_backbone(name)
     tokenizer = _load_tokenizer(resolved, name, padding_side)
-    model = _from_pretrained(AutoModelForCausalLM, resolved, name, dtype=torch_dtype)
+    model = _from_pretrained(AutoModelForCausalLM, resolved, name, dtype=torch_dtype, **placement)
 
     if adapter is not None:
         from peft import PeftModel  # lazy: peft import is slow and only needed here
@@ -244,13 +288,26 @@ def load_backbone(
         adapter_path = os.path.expanduser(os.fspath(adapter))
         model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
 
-    model.to(device)
+    if not placement:
+        model.to(device)
     model.requires_grad_(False)
     model.eval()
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if activation_checkpointing:
+        checkpoint_layers(model)
     return model, tokenizer
+
+
+def load_backbone_from(
+    hparams: Mapping[str, Any], device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """:func:`load_backbone` with a module's hyperparameters: ``backbone``, ``dtype`` and those
+    of :data:`BACKBONE_OPTIONS` the module has (the one way every module loads its backbone, so
+    ``--model.device_map`` and the others mean the same everywhere)."""
+    options = {key: hparams[key] for key in BACKBONE_OPTIONS if key in hparams}
+    return load_backbone(hparams["backbone"], dtype=hparams["dtype"], device=device, **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,15 +501,53 @@ class FrozenBackbone:
 
     :meth:`hold_backbone` stores the model (and tokenizer) in the instance ``__dict__``: they are
     never in ``state_dict`` or a checkpoint and never put in train mode, yet ``module.to(...)``
-    moves the backbone along (``_apply`` forwards to it).  Put it before ``LightningModule`` in
-    the bases.
+    moves the backbone along (``_apply`` forwards to it), unless a device map placed it
+    (:func:`~interventions.core.dispatch.is_dispatched`).  Put it before ``LightningModule`` in
+    the bases.  :meth:`load_and_hold` loads the backbone its hyperparameters name.  Sharding
+    strategies (FSDP, DeepSpeed) are refused at ``configure_model``
+    (:func:`~interventions.core.dispatch.check_strategy`).
+
+    The module's *own* floating parameters (the edit's: the master weights) stay float32 when
+    the module is cast to half precision (``module.half()``, Lightning's ``precision="16-true"``
+    / ``"bf16-true"``), so small values and Adam's moments keep their precision; only the
+    backbone takes the lower dtype.  A cast to float64 is kept (gradient checks, ``64-true``).
+    The edits compute in float32 and return the activations' dtype.
     """
 
     def hold_backbone(self, model: Any, tokenizer: Any = None) -> None:
         self.__dict__["model"] = model
         self.__dict__["tokenizer"] = tokenizer
 
+    def load_and_hold(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """Load the backbone of this module's hyperparameters (:func:`load_backbone_from`: the
+        name, dtype, device map, offload and checkpointing options) and hold it."""
+        model, tokenizer = load_backbone_from(self.hparams)  # type: ignore[attr-defined]
+        self.hold_backbone(model, tokenizer)
+        return model, tokenizer
+
+    def configure_model(self) -> None:
+        """Lightning's hook before the strategy wraps the module: refuse sharding strategies
+        (:func:`~interventions.core.dispatch.check_strategy`)."""
+        trainer = getattr(self, "_trainer", None)  # None: e.g. load_from_checkpoint
+        if trainer is not None:
+            check_strategy(trainer.strategy)
+        super().configure_model()  # type: ignore[misc]
+
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
-        self.__dict__["model"]._apply(fn)  # keep the backbone on the module's device / dtype
+        _keep_master_weights_float32(self)  # own trainable values never drop below float32
+        if not is_dispatched(self.__dict__["model"]):  # a device map keeps it where it put it
+            self.__dict__["model"]._apply(fn)  # keep the backbone on the module's device / dtype
         return self
+
+
+_BELOW_FLOAT32 = (torch.float16, torch.bfloat16)
+
+
+def _keep_master_weights_float32(module: torch.nn.Module) -> None:
+    """Cast ``module``'s own half-precision parameters (and their gradients) back to float32."""
+    for param in module.parameters():
+        if param.dtype in _BELOW_FLOAT32:
+            param.data = param.data.float()
+            if param.grad is not None:
+                param.grad = param.grad.float()

@@ -20,21 +20,36 @@ taken as the prompt's last token, so a prompt's cache can be computed once and r
 edited continuations.
 
 An edit is any object with the :class:`Edit` protocol: ``points()``, ``prepare(ctx, beta)`` (once
-per forward call) and ``apply(layer, site, h, state)`` (once per point).
+per forward call) and ``apply(layer, site, h, state)`` (once per point).  ``apply`` receives each
+activation where it lives: an edit whose tensors are on another device or in another dtype than
+the activations (a model split over devices, a bfloat16 backbone with float32 edit values) moves
+them to ``h``'s device and returns ``h``'s dtype (the edits of :mod:`interventions.edits` do).
+
+Activation checkpointing (:func:`checkpoint_layers`) recomputes each decoder layer in the
+backward pass, usually after the ``with`` block has ended.  The recomputation runs the hooks
+that were inside the layer when it first ran, with the state of that forward call, so an edit
+acts on the recomputed activations exactly as it did; edits are pure functions of their
+parameters, so that is the same computation.  An edit that only reads (a recorder: ``apply``
+returns ``h`` itself, or a copy) sets ``records = True`` and is skipped in the recomputation, so
+nothing is recorded twice.  An edit that changes values or starts a gradient path (e.g. adds a
+zero leaf that requires grad) must not set it: the recomputation has to repeat it.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from interventions.core.kv_cache import passed_cache
-from interventions.core.sites import model_dims, point_module
+from interventions.core.kv_cache import CACHE_KEYWORDS, passed_cache
+from interventions.core.sites import layers, model_dims, point_module
 
 
 @dataclass
@@ -52,7 +67,11 @@ class PositionContext:
 
 
 class Edit(Protocol):
-    """What :func:`attach` needs from an edit."""
+    """What :func:`attach` needs from an edit.
+
+    Optionally ``records = True``: the edit only reads (``apply`` returns ``h`` itself or a copy),
+    so the recomputation of activation checkpointing skips it (see the module docstring).
+    """
 
     def points(self) -> Sequence[tuple[int, str]]:
         """The (layer, site) pairs the edit touches."""
@@ -93,6 +112,8 @@ class _Session:
     def __init__(self, edit: Edit, beta: float | Tensor) -> None:
         self.edit = edit
         self.beta = beta
+        self.records = bool(getattr(edit, "records", False))
+        self.replaying = False  # inside activation checkpointing's recomputation
         self.state: Any = None
         self.ctx: PositionContext | None = None
         self._prompt: list[Tensor] | None = None  # real tokens of each row of the first prompt
@@ -115,7 +136,8 @@ class _Session:
                     "num_return_sequences > 1 or beams repeats rows: repeat beta the same way)."
                 )
             return beta.to(device=like.device)
-        return torch.full((batch,), float(self.beta), device=like.device)
+        # float32 whatever the default dtype (Lightning's 16-true makes it float16 in a step)
+        return torch.full((batch,), float(self.beta), device=like.device, dtype=torch.float32)
 
     def _continues_prompt(self, input_ids: Tensor | None, mask: Tensor | None) -> bool:
         if self._prompt is None or input_ids is None or input_ids.shape[0] != len(self._prompt):
@@ -171,15 +193,20 @@ class _Session:
 
 def _output_hook(session: _Session, edit: Edit, layer: int, site: str):
     def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        if session.replaying and session.records:
+            return output
         if isinstance(output, tuple):
             return (edit.apply(layer, site, output[0], session.state), *output[1:])
         return edit.apply(layer, site, output, session.state)
 
+    hook.session = session  # type: ignore[attr-defined]  # found by _Replay
     return hook
 
 
 def _input_hook(session: _Session, edit: Edit, layer: int, site: str):
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if session.replaying and session.records:
+            return None
         if args:
             return (edit.apply(layer, site, args[0], session.state), *args[1:]), kwargs
         if "hidden_states" in kwargs:  # a decoder layer called with keywords (layer_in)
@@ -190,6 +217,7 @@ def _input_hook(session: _Session, edit: Edit, layer: int, site: str):
             "keyword; the sites table expects it as the first positional argument."
         )
 
+    hook.session = session  # type: ignore[attr-defined]  # found by _Replay
     return hook
 
 
@@ -270,6 +298,8 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 class _Recorder:
     """An edit that changes nothing and keeps what it sees."""
 
+    records = True
+
     def __init__(self, points: Sequence[tuple[int, str]], detach: bool) -> None:
         self._points = list(points)
         self.detach = detach
@@ -300,3 +330,123 @@ def record(
     recorder = _Recorder(points, detach)
     with attach(model, recorder):
         yield recorder.activations
+
+
+# --------------------------------------------------------------------------------------------
+# activation checkpointing
+
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+_CACHE_ARGUMENTS = (*CACHE_KEYWORDS, "layer_past")
+
+
+class _Replay:
+    """The forward hooks inside one decoder layer (its submodules') and the per-call state of the
+    :func:`attach` sessions they belong to, as they were when the layer ran; installed again while
+    activation checkpointing recomputes the layer (the ``with`` block has usually ended)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.modules = [m for m in layer.modules() if m is not layer]
+        self.hooks = [{n: OrderedDict(getattr(m, n)) for n in _HOOK_DICTS} for m in self.modules]
+        sessions: dict[int, tuple[_Session, Any]] = {}
+        for hooks in self.hooks:
+            for fn in (*hooks["_forward_pre_hooks"].values(), *hooks["_forward_hooks"].values()):
+                session = getattr(fn, "session", None)
+                if isinstance(session, _Session):
+                    sessions[id(session)] = (session, session.state)
+        self.sessions = list(sessions.values())
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        live = [{n: getattr(m, n) for n in _HOOK_DICTS} for m in self.modules]
+        states = [(session, session.state) for session, _ in self.sessions]
+        try:
+            for module, hooks in zip(self.modules, self.hooks, strict=True):
+                for name, hook_dict in hooks.items():
+                    setattr(module, name, hook_dict)
+            for session, state in self.sessions:
+                session.state, session.replaying = state, True
+            yield
+        finally:
+            for module, hooks in zip(self.modules, live, strict=True):
+                for name, hook_dict in hooks.items():
+                    setattr(module, name, hook_dict)
+            for session, state in states:
+                session.state, session.replaying = state, False
+
+
+class _CheckpointedForward:
+    """A decoder layer's ``forward`` under :func:`torch.utils.checkpoint.checkpoint` (non
+    reentrant) whenever grad is enabled; without grad it is the plain ``forward``.
+
+    The layer's own hooks (``layer_in``, ``resid_post``) stay outside the checkpoint; those of its
+    submodules run again in the recomputation (see :class:`_Replay`).  A key/value cache holding
+    this layer's earlier tokens cannot be recomputed (the update would append them twice): such
+    a call runs without checkpointing.  An empty cache is not filled, as Hugging Face's own
+    gradient checkpointing does: do not reuse the cache of a checkpointed call with grad.
+    """
+
+    def __init__(self, layer: nn.Module, index: int) -> None:
+        self.layer = layer
+        self.index = index
+        self.original = layer.__dict__.get("forward")  # e.g. Accelerate's wrapper; else None
+        self.signature = inspect.signature(self._forward)
+
+    @property
+    def _forward(self) -> Any:
+        if self.original is not None:
+            return self.original
+        return type(self.layer).forward.__get__(self.layer)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        forward = self._forward
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        bound = self.signature.bind_partial(*args, **kwargs)
+        for name in _CACHE_ARGUMENTS:
+            cache = bound.arguments.get(name)
+            if cache is None:
+                continue
+            length = getattr(cache, "get_seq_length", None)
+            if length is None or length(self.index) != 0:
+                return forward(*args, **kwargs)  # earlier tokens in the cache: no recomputation
+            bound.arguments[name] = None
+            if "use_cache" in self.signature.parameters:
+                bound.arguments["use_cache"] = False
+        replay = _Replay(self.layer)
+        with torch.utils.checkpoint.set_checkpoint_early_stop(False):  # every hook replays
+            return torch.utils.checkpoint.checkpoint(
+                forward,
+                *bound.args,
+                use_reentrant=False,
+                context_fn=lambda: (nullcontext(), replay.installed()),
+                **bound.kwargs,
+            )
+
+
+def checkpoint_layers(model: nn.Module, enabled: bool = True) -> None:
+    """Activation checkpointing through a frozen backbone: while grad is enabled, each decoder
+    layer keeps only its input and is recomputed in the backward pass, so the memory of the
+    activations no longer grows with the number of layers (about one more forward pass of time).
+
+    Hugging Face's ``gradient_checkpointing_enable`` acts only in train mode, and a frozen
+    backbone stays in eval mode; this wraps each layer's ``forward`` (after Accelerate's dispatch
+    hooks, so an offloaded layer loads its weights again for the recomputation).  Gradients are
+    the same as without it.  ``enabled=False`` removes the wrapping.
+    """
+    for index, layer in enumerate(layers(model)):
+        current = layer.__dict__.get("forward")
+        if isinstance(current, _CheckpointedForward):
+            if enabled:
+                continue
+            if current.original is None:
+                del layer.__dict__["forward"]
+            else:
+                layer.forward = current.original
+        elif enabled:
+            layer.forward = _CheckpointedForward(layer, index)

@@ -2,6 +2,7 @@
 (:mod:`.artifact`: safetensors + JSON, no pickle)."""
 
 from interventions.edits.artifact import (
+    NonFiniteEditError,
     load_intervention,
     read_intervention_config,
     save_intervention,
@@ -28,6 +29,7 @@ __all__ = [
     "ActivScalar",
     "DynScalar",
     "EditState",
+    "NonFiniteEditError",
     "PointEdit",
     "PositionSpec",
     "SteerVec",

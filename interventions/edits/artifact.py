@@ -28,6 +28,14 @@ from safetensors.torch import load_file, save_file
 from interventions.core.sites import ModelDims
 from interventions.edits.point import EDITS, PointEdit
 
+__all__ = [
+    "NonFiniteEditError",
+    "load_intervention",
+    "non_finite_sites",
+    "read_intervention_config",
+    "save_intervention",
+]
+
 FORMAT = "learned-interventions"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "intervention.safetensors"
@@ -114,6 +122,15 @@ def read_artifact_tensors(path: str | Path, name: str, what: str) -> dict[str, t
 
 
 # ------------------------------------------------------------------------------ edits
+class NonFiniteEditError(ValueError):
+    """An edit holds NaN or infinite values (e.g. trained in a precision that overflowed)."""
+
+
+def non_finite_sites(edit: PointEdit) -> list[str]:
+    """The sites of ``edit`` whose parameters hold a NaN or an infinity (empty: all finite)."""
+    return [site for site, p in edit.params.items() if not bool(torch.isfinite(p).all())]
+
+
 def save_intervention(
     edit: PointEdit, folder: str | Path, backbone: str | None = None, extra: dict | None = None
 ) -> Path:
@@ -124,7 +141,17 @@ def save_intervention(
         folder: target folder.
         backbone: name the backbone was loaded by (an alias, hub name or path), stored for users.
         extra: further JSON-serialisable information (metrics, training config), kept as is.
+
+    Raises:
+        NonFiniteEditError: the edit holds NaN or infinite values; nothing is written.
     """
+    bad = non_finite_sites(edit)
+    if bad:
+        raise NonFiniteEditError(
+            f"Not saving the {type(edit).__name__}: its parameters on site(s) {bad} hold NaN or "
+            "infinite values. If it was trained in half precision, train it with "
+            "precision='32-true' (or 'bf16-mixed')."
+        )
     meta = dict(
         backbone=backbone,
         dims=asdict(edit.dims),
@@ -141,8 +168,15 @@ def read_intervention_config(path: str | Path) -> dict[str, Any]:
     )
 
 
-def load_intervention(path: str | Path) -> PointEdit:
+def load_intervention(path: str | Path, device: str | torch.device = "cpu") -> PointEdit:
     """Rebuild an exported edit; attach it with :func:`interventions.core.hooks.attach`.
+
+    Args:
+        path: the exported folder, or either of its two files.
+        device: where to put the edit's tensors (default the CPU).  The parameters are float32
+            whatever the backbone's dtype; ``attach`` works on any device and dtype of the
+            activations (the edit is computed in float32 on each activation's device and
+            returned in the activation's dtype), so this only saves the copies.
 
     ``attach`` refuses a model of another architecture or size with a clear message.
     """
@@ -175,4 +209,4 @@ def load_intervention(path: str | Path) -> PointEdit:
                     f"{list(param.shape)} from {CONFIG_NAME}; the files do not belong together."
                 )
             param.copy_(tensors[site])
-    return edit
+    return edit.to(device)

@@ -28,6 +28,13 @@ Parameters start as ``N(0, init_std)`` noise (the paper uses tiny noise); AUScal
 default to ``init_std=0`` (nothing steered) and are filled by :mod:`interventions.methods.austeer.module`.
 New edit types register in :data:`EDITS` and are then available to the trainer, export and the
 CLI.
+
+Precision and devices: the parameters are float32 master weights whatever the backbone's dtype.
+:meth:`~PointEdit.apply` computes the edit (``1 + beta * alpha``, ``h + beta * v``, the probe
+scalars) in float32 (float64 for a float64 model) from parameters moved to the activation's
+device, and returns the activation's dtype: a bfloat16 / float16 backbone sees its own dtype,
+small values are not rounded away before they act, and a model split over several devices is
+edited where each activation lives.
 """
 
 from __future__ import annotations
@@ -157,7 +164,11 @@ class PointEdit(nn.Module):
         return [(layer, site) for layer in self.layers for site in self.sites]
 
     def prepare(self, ctx: PositionContext, beta: Tensor) -> EditState:
-        """Gather slot indices once per forward call (shared by all points)."""
+        """Gather slot indices once per forward call (shared by all points).
+
+        ``on`` and ``beta`` are at least float32 whatever the default dtype (Lightning's
+        ``16-true`` sets it to float16 inside ``training_step``)."""
+        beta = beta.to(torch.promote_types(beta.dtype, torch.float32))
         if self.positions == "last":
             on = ctx.last
             slot = torch.zeros_like(ctx.pos)
@@ -165,7 +176,7 @@ class PointEdit(nn.Module):
             on = ctx.pos >= 0
             slot = torch.zeros_like(ctx.pos)
         else:
-            table = self._table
+            table = self._table.to(ctx.pos.device)
             idx = ctx.pos.clamp(min=-1, max=table.numel() - 1)
             slot = table[idx]  # pos -1 (padding) maps to the table's last entry, which is -1
             on = slot >= 0
@@ -227,17 +238,33 @@ class PointEdit(nn.Module):
             init_std=self.init_std,
         )
 
+    @staticmethod
+    def compute_dtype(h: Tensor) -> torch.dtype:
+        """The dtype an edit of ``h`` is computed in: float32, or ``h``'s dtype if wider."""
+        return torch.promote_types(h.dtype, torch.float32)
+
+    def param_at(self, layer: int, site: str, h: Tensor) -> Tensor:
+        """The parameter row of ``(layer, site)`` on ``h``'s device, in :meth:`compute_dtype`."""
+        return self.params[site][self._row[layer]].to(device=h.device, dtype=self.compute_dtype(h))
+
+    def coef_at(self, layer: int, state: EditState, h: Tensor) -> Tensor:
+        """``[batch, seq]`` beta where the edit is on (0 elsewhere), on ``h``'s device, in
+        :meth:`compute_dtype`."""
+        like = dict(device=h.device, dtype=self.compute_dtype(h))
+        return self.beta_at(layer, state).to(**like)[:, None] * state.on.to(**like)
+
     def _split_units(self, site: str, h: Tensor) -> Tensor:
         units = self.dims.units(site)
         return h.unflatten(-1, (units, h.shape[-1] // units))  # [batch, seq, units, width/units]
 
     def _scale(self, layer: int, site: str, h: Tensor, state: EditState, alpha: Tensor) -> Tensor:
-        """``h * (1 + beta * alpha)`` where the edit is on; ``alpha`` is ``[batch, seq, units]``."""
-        beta = self.beta_at(layer, state)
-        scale = 1 + (beta[:, None, None] * state.on[..., None]).to(h.dtype) * alpha
+        """``h * (1 + beta * alpha)`` where the edit is on; ``alpha`` is ``[batch, seq, units]``
+        in :meth:`compute_dtype` on ``h``'s device.  Computed in that dtype, returned in ``h``'s."""
+        scale = 1 + self.coef_at(layer, state, h)[..., None] * alpha  # [batch, seq, units]
+        hc = h.to(alpha.dtype)
         if scale.shape[-1] == 1:
-            return h * scale  # [batch, seq, 1] broadcasts over the width
-        return (self._split_units(site, h) * scale[..., None]).flatten(-2)
+            return (hc * scale).to(h.dtype)  # [batch, seq, 1] broadcasts over the width
+        return (self._split_units(site, hc) * scale[..., None]).flatten(-2).to(h.dtype)
 
 
 class ActivScalar(PointEdit):
@@ -249,8 +276,8 @@ class ActivScalar(PointEdit):
         return (len(self.layers), self.num_slots, self.dims.units(site))
 
     def apply(self, layer: int, site: str, h: Tensor, state: EditState) -> Tensor:
-        alpha = self.params[site][self._row[layer]].to(h.dtype)  # [slots, units]
-        return self._scale(layer, site, h, state, alpha[state.slot])
+        alpha = self.param_at(layer, site, h)  # [slots, units]
+        return self._scale(layer, site, h, state, alpha[state.slot.to(h.device)])
 
 
 class SteerVec(PointEdit):
@@ -262,9 +289,9 @@ class SteerVec(PointEdit):
         return (len(self.layers), self.num_slots, self.dims.width(site))
 
     def apply(self, layer: int, site: str, h: Tensor, state: EditState) -> Tensor:
-        v = self.params[site][self._row[layer]].to(h.dtype)  # [slots, width]
-        beta = self.beta_at(layer, state)
-        return h + (beta[:, None] * state.on).to(h.dtype)[..., None] * v[state.slot]
+        v = self.param_at(layer, site, h)  # [slots, width]
+        shift = self.coef_at(layer, state, h)[..., None] * v[state.slot.to(h.device)]
+        return (h.to(v.dtype) + shift).to(h.dtype)
 
 
 class DynScalar(PointEdit):
@@ -282,9 +309,10 @@ class DynScalar(PointEdit):
         return (len(self.layers), units, self.dims.width(site) // units)
 
     def scalars(self, layer: int, site: str, h: Tensor) -> Tensor:
-        """``[batch, seq, units]`` the scalars ``alpha`` the probe assigns to activations ``h``."""
-        g = self.params[site][self._row[layer]].to(h.dtype)  # [units, width/units]
-        hu = self._split_units(site, h)
+        """``[batch, seq, units]`` the scalars ``alpha`` the probe assigns to activations ``h``
+        (in :meth:`compute_dtype`, on ``h``'s device)."""
+        g = self.param_at(layer, site, h)  # [units, width/units]
+        hu = self._split_units(site, h.to(g.dtype))
         return (hu * g).sum(-1) / (hu.norm(dim=-1) + self.eps)
 
     def apply(self, layer: int, site: str, h: Tensor, state: EditState) -> Tensor:
@@ -361,12 +389,13 @@ class _AtomicUnitEdit(PointEdit):
         idx = state.index[(layer, site)]  # [n]
         if idx.numel() == 0:
             return h
-        values = self.params[site][self._row[layer], 0].index_select(0, idx).to(h.dtype)  # [n]
-        beta = self.beta_at(layer, state)  # [batch]
-        coef = (beta[:, None] * state.on).to(h.dtype)[..., None]  # [batch, seq, 1]
-        selected = h.index_select(-1, idx)  # [batch, seq, n]
+        idx = idx.to(h.device)
+        values = self.param_at(layer, site, h)[0].index_select(0, idx)  # [n]
+        coef = self.coef_at(layer, state, h)[..., None]  # [batch, seq, 1]
+        selected = h.index_select(-1, idx).to(values.dtype)  # [batch, seq, n]
+        new = self._combine(selected, coef, values).to(h.dtype)
         # out of place: a copy of h with only the steered dims replaced
-        return h.index_copy(-1, idx, self._combine(selected, coef, values))
+        return h.index_copy(-1, idx, new)
 
     def selected(self) -> list[tuple[int, str, int, float]]:
         """``(layer, site, dim, value)`` of every steered dimension, by layer, site, dim."""

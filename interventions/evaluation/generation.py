@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from interventions.core.dispatch import input_device
 from interventions.core.hooks import attach
 from interventions.edits import PointEdit
 
@@ -67,7 +68,7 @@ def steered_continuations(
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("Prompts must be left-padded for generation (tokenizer.padding_side).")
     check_prompt_lengths(edit, attention_mask.sum(1).tolist())
-    device = next(model.parameters()).device
+    device = input_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     texts = [
         tokenizer.decode(row[mask.bool()], skip_special_tokens=False)

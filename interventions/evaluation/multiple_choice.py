@@ -29,6 +29,7 @@ re-runs only the last prompt token and the answer per edit.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
+from interventions.core.dispatch import input_device
+from interventions.core.distributed import reduce_device, shard_loader
 from interventions.core.hooks import Edit, attach, position_ids
 from interventions.core.kv_cache import output_cache, with_cache
 
@@ -60,7 +63,7 @@ Normalize = Literal["sum", "mean"]
 
 
 def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 def _batch_tensors(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
@@ -366,21 +369,24 @@ def evaluate_many(
     settings = [(None, 1.0) if c is None else c for c in candidates]
     was_training = model.training
     model.eval()
-    metrics = [MultipleChoiceAccuracy() for _ in settings]
+    # under a process group: this rank's share of the items; compute() adds up the ranks' counts
+    metrics = [MultipleChoiceAccuracy().to(reduce_device()) for _ in settings]
     try:
-        for batch in tqdm(loader, desc="multiple choice", disable=not progress, leave=False):
+        batches = shard_loader(loader)
+        for batch in tqdm(batches, desc="multiple choice", disable=not progress, leave=False):
             prefix = None
             if reuse_prefix and any(leaves_prefix_alone(edit) for edit, _ in settings):
                 prefix = prompt_prefix(model, batch)
-            gold = batch["gold"].cpu()
+            gold = batch["gold"].to(metrics[0].device)
             for (edit, beta), metric in zip(settings, metrics, strict=True):
                 pred = predict_choices(model, batch, normalize, edit, beta, prefix)
-                metric.update(pred.cpu(), gold)
+                metric.update(pred, gold)
     finally:
         model.train(was_training)
-    if int(metrics[0].total) == 0:
+    accuracies = [float(metric.compute()) for metric in metrics]  # collective under DDP
+    if math.isnan(accuracies[0]):  # 0 / 0: no item on any rank
         raise ValueError("multiple-choice evaluation: the loader yielded no items")
-    return [float(metric.compute()) for metric in metrics]
+    return accuracies
 
 
 def evaluate_accuracy(

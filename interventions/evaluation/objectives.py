@@ -13,6 +13,10 @@ next-token logits with the intervention at ``beta = +1`` / ``-1`` and ``f`` the 
 Loss = ``-E_m + lambda_F * (-F) + lambda_M * L1``.  The L1 term is either a plain penalty in the
 loss (its subgradient goes through Adam) or handled by a proximal step after each optimiser step
 (:func:`soft_threshold_`), which sets small values to exactly zero.
+
+Every term is computed in float32 (float64 for float64 logits) whatever the backbone's dtype:
+half-precision logits are widened before the differences, the log-softmax / KL and the hinge,
+so a bfloat16 or float16 backbone does not overflow or round the objective.
 """
 
 from __future__ import annotations
@@ -26,8 +30,14 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32, or unchanged when it is already float32 or wider (float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def logit_diff(logits: Tensor, correct: Tensor, wrong: Tensor) -> Tensor:
-    """``[batch]`` logit of the correct token minus logit of the wrong token."""
+    """``[batch]`` logit of the correct token minus logit of the wrong token (at least float32)."""
+    logits = at_least_float32(logits)
     rows = torch.arange(logits.shape[0], device=logits.device)
     return logits[rows, correct] - logits[rows, wrong]
 
@@ -42,8 +52,8 @@ def kl_to_clean(logits: Tensor, clean_logits: Tensor) -> Tensor:
 
     Clamped at 0: identical distributions can round to a tiny negative value.
     """
-    logp = logits.float().log_softmax(-1)
-    logq = clean_logits.float().log_softmax(-1)
+    logp = at_least_float32(logits).log_softmax(-1)
+    logq = at_least_float32(clean_logits).log_softmax(-1)
     return (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)
 
 
@@ -67,7 +77,9 @@ class ObjectiveTerms:
 def objective_terms(
     pos: Tensor, neg: Tensor, clean: Tensor, correct: Tensor, wrong: Tensor, margin: float
 ) -> ObjectiveTerms:
-    """All per-example terms from the three logit sets (``[batch, vocab]`` each)."""
+    """All per-example terms from the three logit sets (``[batch, vocab]`` each, any float
+    dtype: they are widened to at least float32 first)."""
+    pos, neg, clean = at_least_float32(pos), at_least_float32(neg), at_least_float32(clean)
     diff_pos = logit_diff(pos, correct, wrong)
     diff_neg = logit_diff(neg, correct, wrong)
     return ObjectiveTerms(

@@ -38,6 +38,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from interventions.core.backbone import cache_root
+from interventions.core.dispatch import input_device
+from interventions.core.distributed import (
+    barrier,
+    broadcast_object,
+    gather_shards,
+    is_distributed,
+    rank_and_world,
+    shard_range,
+)
 from interventions.core.hooks import attach, last_token_index, position_ids, record
 from interventions.core.kv_cache import output_cache, with_cache
 from interventions.core.sites import model_dims
@@ -139,8 +148,7 @@ def _steering_edit(model: nn.Module, vectors: Tensor, layers: Sequence[int]) -> 
     with torch.no_grad():
         edit.params["resid_post"].copy_(vectors[:, None, :])
     edit.requires_grad_(False)
-    param = next(model.parameters())
-    return edit.to(device=param.device, dtype=param.dtype)
+    return edit.to(device=input_device(model), dtype=next(model.parameters()).dtype)
 
 
 def _rows(num_layers: int, multipliers: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -256,10 +264,10 @@ def sweep_example(
     """
     layers = list(range(model_dims(model).num_layers)) if layers is None else list(layers)
     beta, index = _rows(len(layers), multipliers)
-    param = next(model.parameters())
-    beta = beta.to(device=param.device, dtype=param.dtype)
-    ids = example.prompt_ids.to(param.device)
-    vectors = vectors.to(device=param.device, dtype=param.dtype)
+    device, dtype = input_device(model), next(model.parameters()).dtype
+    beta = beta.to(device=device, dtype=dtype)
+    ids = example.prompt_ids.to(device)
+    vectors = vectors.to(device=device, dtype=dtype)
     run = _sweep_logits_packed if packed else _sweep_logits_rows
     logits = run(model, ids, vectors, layers, beta)
     logp = torch.log_softmax(logits.float(), -1)
@@ -278,8 +286,7 @@ def sweep_example_naive(
     """Reference for :func:`sweep_example`: the whole prompt re-run for every (layer, multiplier),
     steering one layer with a float beta.  Same ``[L, M]`` result, many times slower."""
     layers = list(range(model_dims(model).num_layers)) if layers is None else list(layers)
-    param = next(model.parameters())
-    ids = example.prompt_ids.to(param.device)[None]
+    ids = example.prompt_ids.to(input_device(model))[None]
     out = torch.empty(len(layers), len(multipliers))
     for i, layer in enumerate(layers):
         edit = _steering_edit(model, vectors[i : i + 1], [layer])
@@ -481,17 +488,23 @@ def run_sweep(
     num_chunks = -(-n // chunk)
     parts: list[Tensor | None] = [None] * num_chunks
     if cache is not None:
+        if is_distributed() and rank_and_world()[0] != 0:
+            barrier()  # rank 0 checks (or resets) the cache folder first
         cache.open()
+        if is_distributed() and rank_and_world()[0] == 0:
+            barrier()
         for c in range(num_chunks):
             parts[c] = cache.load_chunk(c, min(chunk, n - c * chunk))
         done = sum(p is not None for p in parts)
         if done:
             rank_zero_info(f"{desc}: {done} of {num_chunks} chunks reused from {cache.folder}")
-    todo = sum(min(chunk, n - c * chunk) for c in range(num_chunks) if parts[c] is None)
+    # Several processes: every rank read the same chunks, then computes its share of the missing
+    # ones (writing their cache files) and all ranks exchange them.
+    missing = broadcast_object([c for c in range(num_chunks) if parts[c] is None])
+    mine = [missing[i] for i in shard_range(len(missing))]
+    todo = sum(min(chunk, n - c * chunk) for c in mine)
     bar = tqdm(total=todo, desc=desc, disable=not progress or todo == 0, leave=False)
-    for c in range(num_chunks):
-        if parts[c] is not None:
-            continue
+    for c in mine:
         rows = []
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
             v = vectors[i] if vectors.dim() == 3 else vectors
@@ -501,6 +514,9 @@ def run_sweep(
         if cache is not None:
             cache.save_chunk(c, parts[c])
     bar.close()
+    if is_distributed():
+        for c, part in zip(missing, gather_shards([parts[c] for c in mine], len(missing))):
+            parts[c] = part
     swept = torch.cat(parts) if parts else torch.empty(0, len(layers), len(mult))
     prop = torch.full((n, len(all_layers), len(mult)), float("nan"))
     prop[:, layers] = swept

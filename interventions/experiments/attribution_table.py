@@ -33,7 +33,8 @@ from interventions.edits import ActivScalar
 from interventions.edits.artifact import load_intervention, read_intervention_config
 from interventions.experiments.runner import fit_run, parse_args, write_table
 from interventions.methods.attribution.beta import evaluate_edit
-from interventions.methods.attribution.scores import METHODS, Scores, edit_values
+from interventions.methods.attribution.scalars import edit_values
+from interventions.methods.attribution.scores import METHODS, Scores
 from interventions.reporting.plots import method_heatmaps
 
 LABELS = {"actpatch": "ActPatch", "attrpatch": "AttrPatch", "dla": "DLA"}

@@ -11,6 +11,10 @@ Every method ends its run the same way, through one object::
     art.publish()                                  # images and artifacts to W&B
     art.checkpoint()                               # <run>/checkpoints/last.ckpt
 
+An edit holding NaN or infinite values is never exported: :meth:`RunArtifacts.export` raises
+:class:`~interventions.edits.artifact.NonFiniteEditError`, naming the precision the run used, a
+precision that works and what the run already wrote (metrics, checkpoint).
+
 Files are written by the global-zero process only (``writer=False`` turns every write into a
 no-op), so the end of a run can be called on every rank of a multi-process job.
 """
@@ -25,10 +29,33 @@ from typing import Any
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 
-from interventions.edits.artifact import save_intervention
+from interventions.edits.artifact import NonFiniteEditError, non_finite_sites, save_intervention
 from interventions.edits.point import PointEdit
 
-__all__ = ["RunArtifacts", "numbers", "publish_to_wandb"]
+__all__ = ["RunArtifacts", "non_finite_advice", "numbers", "publish_to_wandb"]
+
+WORKING_PRECISIONS = "precision='32-true' (or 'bf16-mixed' on hardware with bfloat16)"
+"""What the non-finite errors recommend: Lightning precisions that keep the backbone in float32
+(``bf16-mixed`` autocasts the matrix products only)."""
+
+
+def non_finite_advice(trainer: Any | None, backbone_dtype: Any = None) -> str:
+    """The sentence that non-finite errors end with: the precision (and backbone dtype) the run
+    used, a precision that works, and where the run's checkpoint is (if it keeps one)."""
+    precision = getattr(trainer, "precision", None)
+    used = f"precision={precision!r}" if precision is not None else "this precision"
+    if backbone_dtype is not None:
+        used += f" with backbone dtype {str(backbone_dtype).removeprefix('torch.')}"
+    text = (
+        f"The run used {used}; half-precision training can overflow to NaN. Train with "
+        f"{WORKING_PRECISIONS} and a float32 backbone (model.dtype=float32), or lower the "
+        "learning rate."
+    )
+    callback = getattr(trainer, "checkpoint_callback", None)
+    last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+    if last:
+        text += f" The last checkpoint written is {last}."
+    return text
 
 
 def numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -132,8 +159,23 @@ class RunArtifacts:
         extra: Mapping[str, Any] | None = None,
     ) -> Path:
         """The edit as ``<run>/<name>/`` (:func:`interventions.edits.save_intervention`), logged
-        as a W&B artifact of type ``intervention`` by :meth:`publish`."""
+        as a W&B artifact of type ``intervention`` by :meth:`publish`.
+
+        Raises:
+            NonFiniteEditError: the edit holds NaN or infinite values (checked on every rank,
+                so all of them stop together); nothing is exported, files already written
+                (e.g. ``metrics.json``) stay.
+        """
         folder = self.path(name)
+        bad = non_finite_sites(edit)
+        if bad:
+            metrics = self.path("metrics.json")
+            kept = f" The metrics are kept in {metrics}." if metrics.is_file() else ""
+            raise NonFiniteEditError(
+                f"Refusing to export the {type(edit).__name__} to {folder}: its parameters on "
+                f"site(s) {bad} hold NaN or infinite values.{kept} "
+                + non_finite_advice(self.trainer)
+            )
         if self.writer:
             save_intervention(edit, folder, backbone=backbone, extra=dict(extra or {}))
             self.exports.append((folder, "intervention"))

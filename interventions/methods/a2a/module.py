@@ -16,7 +16,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from interventions.core.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.core.backbone import DEFAULT_BACKBONE
+from interventions.core.dispatch import DeviceMap, MaxMemory
+from interventions.core.distributed import all_reduce_sum, gather_objects
 from interventions.core.sites import model_dims
 from interventions.evaluation.ranking import (
     NDCG_CUTOFFS,
@@ -71,6 +73,12 @@ class A2AModule(ComputedModule):
         mid_center: the mid-layer baseline's centre as a fraction of the depth.
         eps: epsilon of the Ratio score.
         dtype: backbone dtype.
+        device_map: Accelerate device map splitting the backbone over GPUs, ``cpu`` and ``disk``
+            (``auto``, ``sequential`` or module -> device); ``None``: all on the trainer's device.
+        max_memory: memory per device for ``device_map``, e.g. ``{0: 20GiB, cpu: 60GiB}``.
+        offload_folder: folder for the backbone weights ``device_map`` puts on ``disk``.
+        activation_checkpointing: recompute each backbone layer in the backward pass instead of
+            keeping its activations (less memory for long prompts, about one more forward).
     """
 
     def __init__(
@@ -86,6 +94,10 @@ class A2AModule(ComputedModule):
         mid_center: float = 0.6,
         eps: float = 1e-6,
         dtype: str = "float32",
+        device_map: DeviceMap | None = None,
+        max_memory: MaxMemory | None = None,
+        offload_folder: str | None = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(steps, int) or steps < 1:
@@ -99,14 +111,13 @@ class A2AModule(ComputedModule):
         if num_random < 1:
             raise ValueError(f"num_random must be >= 1, got {num_random}")
         self.save_hyperparameters()
-        model, _ = load_backbone(backbone, dtype=dtype)
-        self.hold_backbone(model)
+        model, _ = self.load_and_hold()
         num_layers = model_dims(model).num_layers
         top_k_layers(torch.zeros(num_layers), top_k)  # the k > L error, before any work
         self.reset_statistics()
 
     def reset_statistics(self) -> None:
-        self._graphs: list[AttributionGraph] = []
+        self._graphs: list[tuple[int, AttributionGraph]] = []  # (batch index, graph)
         self._caa = DiffAccumulator()
         self._diff_sum: Tensor | None = None
         self._count = 0
@@ -129,7 +140,7 @@ class A2AModule(ComputedModule):
             per_head_inputs=self.hparams.per_head_inputs,
         )
         t1 = time.perf_counter()
-        self._graphs.append(graph.to("cpu"))
+        self._graphs.append((batch_idx, graph.to("cpu")))
         diff = activation_difference(model, batch).sum(0).double().cpu()  # [L, d]
         self._diff_sum = diff if self._diff_sum is None else self._diff_sum + diff
         t2 = time.perf_counter()
@@ -152,6 +163,19 @@ class A2AModule(ComputedModule):
     # ------------------------------------------------------------------ end of fit
     def has_statistics(self) -> bool:
         return bool(self._graphs)
+
+    def reduce_statistics(self) -> None:
+        # every rank gets every rank's graphs, merged in batch order as in one process
+        parts = gather_objects(self._graphs)
+        self._graphs = sorted((g for part in parts for g in part), key=lambda item: item[0])
+        num_layers, width = model_dims(self.model).num_layers, model_dims(self.model).d_model
+        if self._diff_sum is None:
+            self._diff_sum = torch.zeros(num_layers, width, dtype=torch.float64)
+        count = torch.tensor([self._count], dtype=torch.long)
+        all_reduce_sum(self._diff_sum, count)
+        self._count = int(count)
+        if self.hparams.vector == "caa":
+            self._caa.all_reduce(self.model)
 
     def steering_vectors(self) -> Tensor:
         """``[L, d]`` the steering vectors chosen by ``vector`` (after ``fit``)."""
@@ -182,7 +206,7 @@ class A2AModule(ComputedModule):
         """Grid search, rankings, nDCG, top-k table, cost, files and plots (see the class doc)."""
         hp = self.hparams
         model = self.model
-        graph = AttributionGraph.merge(self._graphs)
+        graph = AttributionGraph.merge([g for _, g in self._graphs])
         vectors = self.steering_vectors()
         num_layers = vectors.shape[0]
         mults = [float(m) for m in hp.multipliers]

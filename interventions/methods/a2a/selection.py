@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from interventions.core.dispatch import input_device
+from interventions.core.distributed import all_reduce_sum, shard_loader
 from interventions.core.hooks import attach, last_token_index, position_ids, record
 from interventions.core.kv_cache import output_cache, with_cache
 from interventions.core.sites import model_dims
@@ -63,7 +65,7 @@ def layer_scores(graph: AttributionGraph, eps: float = 1e-6) -> dict[str, Tensor
 @torch.no_grad()
 def activation_difference(model: nn.Module, batch: dict[str, Any]) -> Tensor:
     """``[batch, L, d]`` ``resid_post`` at the last real token, clean minus corrupted."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     num_layers = model_dims(model).num_layers
     points = [(layer, "resid_post") for layer in range(num_layers)]
     out = []
@@ -142,11 +144,14 @@ def steering_grid(
         layers: layers to steer (default: all).
         prompts: steer the ``corrupted`` prompts (default) or the ``clean`` ones.
         progress: show a tqdm bar over batches.
+
+    Under a process group each rank steers its share of the batches and the counts are added
+    up (collective: call it on every rank with the same batches).
     """
     num_layers = model_dims(model).num_layers
     layers = list(range(num_layers)) if layers is None else list(layers)
     param = next(model.parameters())
-    device = param.device
+    device = input_device(model)
     edit = steering_edit(model, vectors.to(device))
     edit.requires_grad_(False)
     edit = edit.to(device=device, dtype=param.dtype)
@@ -155,7 +160,7 @@ def steering_grid(
     vanilla_hits, vanilla_margin, total = 0, 0.0, 0
     key = "input_ids" if prompts == "clean" else "corrupted_input_ids"
     mask_key = "attention_mask" if prompts == "clean" else "corrupted_attention_mask"
-    for batch in tqdm(batches, desc="steering grid", disable=not progress):
+    for batch in tqdm(shard_loader(batches), desc="steering grid", disable=not progress):
         if key not in batch:
             require_pairs(batch)
         ids, mask = batch[key].to(device), batch[mask_key].to(device)
@@ -173,6 +178,12 @@ def steering_grid(
         hits += (steered > 0).sum(-1)
         margin_sum += steered.double().sum(-1)
         total += ids.shape[0]
+    # several processes: each ran its share of the batches; add up the counts and sums
+    counts = torch.tensor([vanilla_hits, total], dtype=torch.long)
+    vanilla_sum = torch.tensor([vanilla_margin], dtype=torch.float64)
+    all_reduce_sum(hits, margin_sum, counts, vanilla_sum)
+    vanilla_hits, total = int(counts[0]), int(counts[1])
+    vanilla_margin = float(vanilla_sum[0])
     if total == 0:
         raise ValueError("steering_grid: the evaluation split is empty.")
     return GridResult(

@@ -1,7 +1,7 @@
 """Attribution scores as activation scalars (activation scaling, Stoehr et al., Sec. 6.1, Fig. 9).
 
-:mod:`.scores` computes ActPatch / AttrPatch / DLA scores per (layer, site, position) and turns
-them into an ActivScalar; :mod:`.beta` searches its global beta; :mod:`.module` is
+:mod:`.scores` computes ActPatch / AttrPatch / DLA scores per (layer, site, position);
+:mod:`.scalars` accumulates them and turns them into an ActivScalar; :mod:`.beta` searches its global beta; :mod:`.module` is
 :class:`AttributionScalarModule`, which runs both from ``train.py fit``.
 """
 
@@ -15,16 +15,18 @@ from interventions.methods.attribution.beta import (
     sweep_betas,
 )
 from interventions.methods.attribution.module import AttributionScalarModule
+from interventions.methods.attribution.scalars import (
+    ScoreAccumulator,
+    edit_values,
+    scalar_edit,
+    scores_to_alpha,
+)
 from interventions.methods.attribution.scores import (
     ALPHA_SIGN,
     METHODS,
-    ScoreAccumulator,
     attribution_scores,
-    edit_values,
     final_norm,
     probe_norm,
-    scalar_edit,
-    scores_to_alpha,
 )
 
 __all__ = [

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from interventions.core.dispatch import input_device
+from interventions.core.distributed import gather_rows, shard_loader
 from interventions.core.hooks import attach, last_token_logits
 from interventions.edits import ActivScalar
 from interventions.evaluation.objectives import kl_to_clean, logit_diff
@@ -111,17 +113,20 @@ def sweep_betas(
     progress: bool = False,
 ) -> BetaSweep:
     """Run the edit at ``+|beta|`` and ``-|beta|`` for every distinct ``|beta|`` of ``betas`` over
-    the batches (one forward of ``2 x batch`` rows per magnitude, plus one clean pass)."""
+    the batches (one forward of ``2 x batch`` rows per magnitude, plus one clean pass).
+
+    Under a process group each rank runs its share of the loader's prompts and every rank gets
+    the rows of all (collective: call it on every rank)."""
     grid = check_beta_grid(betas)
     magnitudes = sorted({abs(b) for b in grid})
-    device = next(model.parameters()).device
+    device = input_device(model)
     edit = edit.to(device)
     parts: dict[str, list[Tensor]] = {}
 
     def keep(name: str, value: Tensor) -> None:
         parts.setdefault(name, []).append(value.float().cpu())
 
-    for batch in tqdm(batches, desc="beta sweep", disable=not progress, leave=False):
+    for batch in tqdm(shard_loader(batches), desc="beta sweep", disable=not progress, leave=False):
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
         correct, wrong = batch["correct_id"].to(device), batch["wrong_id"].to(device)
@@ -156,9 +161,9 @@ def sweep_betas(
                 cols.setdefault(name, []).append(value)
         for name, values in cols.items():
             keep(name, torch.stack(values, dim=1))  # [batch, K]
-    if not parts:
+    merged = gather_rows({name: torch.cat(values) for name, values in parts.items()})
+    if not merged:
         raise ValueError("The beta search got no prompts (empty split).")
-    merged = {name: torch.cat(values) for name, values in parts.items()}
     return BetaSweep(magnitudes=magnitudes, **merged)
 
 

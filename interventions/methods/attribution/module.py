@@ -16,7 +16,8 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import save_file
 
-from interventions.core.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.core.backbone import DEFAULT_BACKBONE
+from interventions.core.dispatch import DeviceMap, MaxMemory
 from interventions.core.sites import model_dims
 from interventions.edits import ActivScalar
 from interventions.methods.attribution.beta import (
@@ -27,16 +28,14 @@ from interventions.methods.attribution.beta import (
     mean_flip_beta,
     sweep_betas,
 )
+from interventions.methods.attribution.scalars import ScoreAccumulator, scalar_edit, scores_to_alpha
 from interventions.methods.attribution.scores import (
     METHODS,
     Method,
-    ScoreAccumulator,
     attribution_layers,
     attribution_scores,
     check_attribution_sites,
     check_method,
-    scalar_edit,
-    scores_to_alpha,
 )
 from interventions.reporting import plots
 from interventions.reporting.artifacts import RunArtifacts, numbers
@@ -62,6 +61,12 @@ class AttributionScalarModule(ComputedModule):
         beta_grid: signed betas of the search (``None``: +-0.01, 0.02, 0.05, ..., 50, 100).
         patch_chunk_size: patched rows per forward call of ``actpatch``.
         dtype: backbone dtype.
+        device_map: Accelerate device map splitting the backbone over GPUs, ``cpu`` and ``disk``
+            (``auto``, ``sequential`` or module -> device); ``None``: all on the trainer's device.
+        max_memory: memory per device for ``device_map``, e.g. ``{0: 20GiB, cpu: 60GiB}``.
+        offload_folder: folder for the backbone weights ``device_map`` puts on ``disk``.
+        activation_checkpointing: recompute each backbone layer in the backward pass instead of
+            keeping its activations (less memory for long prompts, about one more forward).
     """
 
     def __init__(
@@ -74,6 +79,10 @@ class AttributionScalarModule(ComputedModule):
         beta_grid: list[float] | None = None,
         patch_chunk_size: int = 128,
         dtype: str = "float32",
+        device_map: DeviceMap | None = None,
+        max_memory: MaxMemory | None = None,
+        offload_folder: str | None = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         check_method(method)
@@ -82,8 +91,7 @@ class AttributionScalarModule(ComputedModule):
         if patch_chunk_size < 1:
             raise ValueError(f"patch_chunk_size must be >= 1, got {patch_chunk_size}.")
         self.save_hyperparameters()
-        model, tokenizer = load_backbone(backbone, dtype=dtype)
-        self.hold_backbone(model, tokenizer)  # outside the module tree: never in a checkpoint
+        model, _ = self.load_and_hold()  # outside the module tree: never in a checkpoint
         self.dims = model_dims(model)
         self.layers = attribution_layers(model, layers)
         self.acc = ScoreAccumulator()
@@ -91,6 +99,7 @@ class AttributionScalarModule(ComputedModule):
         self.beta: float = 1.0
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         name = self.run_dir().name
         method = self.hparams.method
         if name in METHODS and name != method:
@@ -102,6 +111,9 @@ class AttributionScalarModule(ComputedModule):
 
     def reset_statistics(self) -> None:
         self.acc = ScoreAccumulator()
+
+    def reduce_statistics(self) -> None:
+        self.acc.all_reduce()
 
     def accumulate(self, batch: dict[str, Any], batch_idx: int) -> None:
         scores = attribution_scores(

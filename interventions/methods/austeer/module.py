@@ -17,7 +17,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from interventions.core.backbone import DEFAULT_BACKBONE, cache_root, load_backbone
+from interventions.core.backbone import DEFAULT_BACKBONE, cache_root
+from interventions.core.dispatch import DeviceMap, MaxMemory
 from interventions.core.sites import check_site, model_dims
 from interventions.edits import PointEdit
 from interventions.evaluation.multiple_choice import (
@@ -80,6 +81,10 @@ class AUSteerModule(ComputedModule):
         caa_multipliers: candidate multipliers of CAA.
         seed: seed of the random localisation.
         dtype: backbone dtype.
+        device_map: Accelerate device map splitting the backbone over GPUs, ``cpu`` and ``disk``
+            (``auto``, ``sequential`` or module -> device); ``None``: all on the trainer's device.
+        max_memory: memory per device for ``device_map``, e.g. ``{0: 20GiB, cpu: 60GiB}``.
+        offload_folder: folder for the backbone weights ``device_map`` puts on ``disk``.
         stats_cache: keep the momentum statistics on disk, keyed by the backbone, dtype and the
             exact contrastive pairs: a later run on the same pool (another method, k, alpha or
             site among ``STAT_SITES``) loads them and skips the pass over the pool.
@@ -102,6 +107,9 @@ class AUSteerModule(ComputedModule):
         caa_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0),
         seed: int = 0,
         dtype: str = "float32",
+        device_map: DeviceMap | None = None,
+        max_memory: MaxMemory | None = None,
+        offload_folder: str | None = None,
         stats_cache: bool = True,
         cache_dir: str | None = None,
     ) -> None:
@@ -114,8 +122,7 @@ class AUSteerModule(ComputedModule):
             site = "resid_post"
         check_site(site)
         self.save_hyperparameters()
-        model, _ = load_backbone(backbone, dtype=dtype)
-        self.hold_backbone(model)  # outside the module tree: never in a checkpoint
+        model, _ = self.load_and_hold()  # outside the module tree: never in a checkpoint
         self.dims = model_dims(model)
         if k is not None:
             units = self.dims.num_layers * self.dims.width(site)
@@ -184,10 +191,17 @@ class AUSteerModule(ComputedModule):
         neg = au_activations(self.model, batch["neg_input_ids"], batch["neg_attention_mask"], sites)
         self.stats.update(pos, neg)
 
+    def reduce_statistics(self) -> None:
+        if not self._stats_from_cache:
+            shapes = {s: (self.dims.num_layers, self.dims.width(s)) for s in self.stat_sites}
+            self.stats.all_reduce(shapes)
+
     def statistics_complete(self) -> None:
         path = self.stats_cache_path()
         if path is None or self._stats_from_cache or not self.stats.n:
             return
+        if not self.trainer.is_global_zero:
+            return  # the combined statistics are the same on every rank: one writer
         if self.trainer.num_training_batches != len(self.trainer.train_dataloader or []):
             return  # a partial pass (limit_train_batches): not the pool's statistics
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from interventions.core.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.core.backbone import DEFAULT_BACKBONE
+from interventions.core.dispatch import DeviceMap, MaxMemory
 from interventions.evaluation.sweep import DEFAULT_MULTIPLIERS, cached_sweep, sweep_examples
 from interventions.methods.caa.vectors import DiffAccumulator, steering_edit
 from interventions.reporting import plots
@@ -31,6 +32,10 @@ class CAAModule(ComputedModule):
         backbone: model name or path (linked to the data module's ``backbone``).
         multipliers: steering multipliers of the sweep.
         dtype: backbone dtype.
+        device_map: Accelerate device map splitting the backbone over GPUs, ``cpu`` and ``disk``
+            (``auto``, ``sequential`` or module -> device); ``None``: all on the trainer's device.
+        max_memory: memory per device for ``device_map``, e.g. ``{0: 20GiB, cpu: 60GiB}``.
+        offload_folder: folder for the backbone weights ``device_map`` puts on ``disk``.
         sweep_cache_dir: root of the sweep cache (default: the project cache folder).
         sweep_chunk_size: examples per cache chunk.
     """
@@ -40,13 +45,15 @@ class CAAModule(ComputedModule):
         backbone: str = DEFAULT_BACKBONE,
         multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS,
         dtype: str = "float32",
+        device_map: DeviceMap | None = None,
+        max_memory: MaxMemory | None = None,
+        offload_folder: str | None = None,
         sweep_cache_dir: str | None = None,
         sweep_chunk_size: int = 16,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        model, _ = load_backbone(backbone, dtype=dtype)
-        self.hold_backbone(model)  # outside the module tree: never saved in checkpoints
+        self.load_and_hold()  # outside the module tree: never saved in checkpoints
         self.acc = DiffAccumulator()
         self.register_buffer("vectors", torch.zeros(0))
 
@@ -55,6 +62,9 @@ class CAAModule(ComputedModule):
 
     def accumulate(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.acc.update(self.model, batch)
+
+    def reduce_statistics(self) -> None:
+        self.acc.all_reduce(self.model)
 
     def statistics_complete(self) -> None:
         self.vectors = self.acc.mean().to(self.device)

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from interventions.core.dispatch import input_device
+from interventions.core.distributed import all_reduce_sum, is_distributed, shard_loader
 from interventions.core.sites import ModelDims, model_dims
 from interventions.edits import SteerVec
 from interventions.evaluation.sweep import answer_activations
@@ -44,7 +46,7 @@ class DiffAccumulator:
     def update(self, model: nn.Module, batch: dict[str, Any]) -> None:
         """Add one batch (keys ``input_ids``, ``attention_mask``, ``correct_id``, ``wrong_id``)."""
         layers = list(range(model_dims(model).num_layers))
-        device = next(model.parameters()).device
+        device = input_device(model)
         diff, _ = answer_activations(
             model,
             batch["input_ids"].to(device),
@@ -57,6 +59,17 @@ class DiffAccumulator:
         self.total = part if self.total is None else self.total + part
         self.count += diff.shape[0]
 
+    def all_reduce(self, model: nn.Module) -> None:
+        """Sum the running sums and counts of every process into each one's (no-op in one)."""
+        if not is_distributed():
+            return
+        dims = model_dims(model)
+        if self.total is None:  # this rank had no batch
+            self.total = torch.zeros(dims.num_layers, dims.d_model, dtype=torch.float64)
+        count = torch.tensor([self.count], dtype=torch.long)
+        all_reduce_sum(self.total, count)
+        self.count = int(count)
+
     def mean(self) -> Tensor:
         """``[L, d]`` the CAA vectors."""
         if self.total is None or self.count == 0:
@@ -68,8 +81,10 @@ class DiffAccumulator:
 
 @torch.no_grad()
 def caa_vectors(model: nn.Module, batches: Iterable[dict[str, Any]]) -> Tensor:
-    """``[L, d]`` CAA vectors from batches of a contrastive (A/B) data module."""
+    """``[L, d]`` CAA vectors from batches of a contrastive (A/B) data module (under a process
+    group: each rank runs its share of the batches, every rank gets the vectors of all)."""
     acc = DiffAccumulator()
-    for batch in batches:
+    for batch in shard_loader(batches):  # this rank's share under a process group
         acc.update(model, batch)
+    acc.all_reduce(model)
     return acc.mean()

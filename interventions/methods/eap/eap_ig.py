@@ -72,6 +72,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from interventions.core.dispatch import input_device, loaded_tensor
 from interventions.core.hooks import PositionContext, attach, last_token_logits
 from interventions.core.sites import (
     ArchRow,
@@ -91,9 +92,9 @@ from interventions.methods.eap.graph import AttributionGraph, graph_layout
 def _weight_out_in(module: nn.Module) -> Tensor:
     """A projection's weight as ``[out_features, in_features]`` (``nn.Linear`` or GPT-2 Conv1D)."""
     if isinstance(module, nn.Linear):
-        return module.weight
+        return loaded_tensor(module)
     if isinstance(module, Conv1D):
-        return module.weight.t()
+        return loaded_tensor(module).t()
     raise TypeError(f"Expected nn.Linear or Conv1D, got {type(module).__name__}.")
 
 
@@ -138,6 +139,9 @@ class _CaptureEdit:
     the input gradients: a copy of each pre-norm input (the copy is what the block reads, so its
     gradient is that block's alone), or the q/k/v projection outputs for per-head inputs.
     """
+
+    records = True  # inside a layer it only reads (and copies): activation checkpointing's
+    # recomputation skips it, so the captured tensors stay those of the forward pass
 
     def __init__(
         self,
@@ -355,7 +359,7 @@ def eap_ig(
     dims = model_dims(model)
     num_kv = dims.num_kv_heads or dims.num_heads
     parallel = row.parallel_residual(model.config)
-    device = next(model.parameters()).device
+    device = input_device(model)
 
     clean_ids = clean_ids.to(device)
     corrupted_ids = corrupted_ids.to(device)
@@ -435,12 +439,14 @@ def _head_outputs(
         return heads
     norm = layers(model)[layer].get_submodule(row.norms.attn_post)
     o = cap.post_norm_in[layer].float()  # [batch, seq, d_model]
-    scale = torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + norm.eps) * (1.0 + norm.weight.float())
+    gain = 1.0 + loaded_tensor(norm).float()
+    scale = torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + norm.eps) * gain
     heads = heads * scale
     # The linearisation must reproduce the block output exactly (up to the o_proj bias).
     total = heads.sum(0)
-    if o_proj.bias is not None:
-        total = total + o_proj.bias.float() * scale
+    bias = loaded_tensor(o_proj, "bias")
+    if bias is not None:
+        total = total + bias.float() * scale
     expected = cap.post_norm_out[layer].float()
     tol = max(1e-3, 4 * torch.finfo(cap.post_norm_out[layer].dtype).eps)  # model dtype rounding
     if not torch.allclose(total, expected, rtol=tol, atol=tol * float(expected.abs().max())):
@@ -459,12 +465,14 @@ def _node_output_difference(
     order."""
     assert clean.resid0 is not None and corrupted.resid0 is not None
     parts = [(clean.resid0.float() - corrupted.resid0.float())[None]]
+    device = parts[0].device  # layers split over devices: gathered where layer 0 reads
     for layer in range(len(layers(model))):
-        parts.append(
-            _head_outputs(model, row, layer, num_heads, clean)
-            - _head_outputs(model, row, layer, num_heads, corrupted)
+        heads = _head_outputs(model, row, layer, num_heads, clean) - _head_outputs(
+            model, row, layer, num_heads, corrupted
         )
-        parts.append((clean.mlp_out[layer].float() - corrupted.mlp_out[layer].float())[None])
+        parts.append(heads.to(device))
+        mlp = clean.mlp_out[layer].float() - corrupted.mlp_out[layer].float()
+        parts.append(mlp[None].to(device))
     return torch.cat(parts)
 
 
@@ -513,7 +521,7 @@ def _input_gradients(
         out.append(grads[i][None])
         i += 1
     out.append(grads[i][None])
-    return torch.cat([g.float() for g in out])
+    return torch.cat([g.float().to(metric.device) for g in out])
 
 
 def _per_head_input_grads(

@@ -19,6 +19,7 @@ artifact) and the plots are written to ``<run>/plots/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -30,10 +31,13 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from interventions.core.backbone import DEFAULT_BACKBONE, FrozenBackbone, load_backbone
+from interventions.core.backbone import DEFAULT_BACKBONE, FrozenBackbone
+from interventions.core.dispatch import DeviceMap, MaxMemory, input_device
+from interventions.core.distributed import all_reduce_sum, shard_loader
 from interventions.core.hooks import attach, last_token_logits
 from interventions.core.sites import model_dims
 from interventions.edits import EDITS, PointEdit, PositionSpec, build_edit
+from interventions.edits.artifact import NonFiniteEditError, non_finite_sites
 from interventions.evaluation.objectives import (
     InterventionMetrics,
     objective_terms,
@@ -41,6 +45,7 @@ from interventions.evaluation.objectives import (
     three_term_loss,
 )
 from interventions.methods.scaling.report import finish_run
+from interventions.reporting.artifacts import non_finite_advice
 
 EditKind = Literal["activscalar", "steervec", "dynscalar"]
 Sparsity = Literal["penalty", "proximal"]
@@ -71,6 +76,12 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         lr: Adam learning rate.
         dtype: backbone dtype (``float32``, ``bfloat16``, ``float16``).
         adapter: optional PEFT adapter folder merged into the backbone.
+        device_map: Accelerate device map splitting the backbone over GPUs, ``cpu`` and ``disk``
+            (``auto``, ``sequential`` or module -> device); ``None``: all on the trainer's device.
+        max_memory: memory per device for ``device_map``, e.g. ``{0: 20GiB, cpu: 60GiB}``.
+        offload_folder: folder for the backbone weights ``device_map`` puts on ``disk``.
+        activation_checkpointing: recompute each backbone layer in the backward pass instead of
+            keeping its activations (less memory for long prompts, about one more forward).
         beta_grid: betas for the logit-difference-vs-beta plot made at the end of ``fit``.
         cache_clean_logits: compute each prompt's clean logits once and keep them on the device
             (``prompts x vocab`` floats; 200 IOI prompts on SmolLM2: 39 MB); ``False`` runs the
@@ -103,6 +114,10 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         lr: float = 1e-2,
         dtype: str = "float32",
         adapter: str | None = None,
+        device_map: DeviceMap | None = None,
+        max_memory: MaxMemory | None = None,
+        offload_folder: str | None = None,
+        activation_checkpointing: bool = False,
         beta_grid: list[float] | None = None,
         sparsity: Sparsity = "penalty",
         cache_clean_logits: bool = True,
@@ -130,9 +145,8 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             )
         self.save_hyperparameters()
         self.sites = list(sites) if sites else ["attn_out", "mlp_out"]
-        model, tokenizer = load_backbone(backbone, dtype=dtype, adapter=adapter)
         # Held outside the module tree: never in state_dict / checkpoints, never put in train mode.
-        self.hold_backbone(model, tokenizer)
+        model, _ = self.load_and_hold()
         self.dims = model_dims(model)
         self.beta_grid = beta_grid or [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
         self.edit: PointEdit | None = None
@@ -202,6 +216,22 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         if self.hparams.sparsity == "proximal" and self.hparams.lambda_m > 0:
             for group in optimizer.param_groups:
                 soft_threshold_(group["params"], group["lr"] * self.hparams.lambda_m)
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Stop at the first step that leaves a NaN or infinite parameter (a non-finite loss or
+        gradient does: Adam spreads it), instead of training on in NaN.  One tiny reduction and
+        one host sync per step; the parameters are the same on every rank, so all stop."""
+        params = list(self.edit.params.values())
+        if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            return
+        trainer = self.trainer
+        raise NonFiniteEditError(
+            f"Training stopped at step {trainer.global_step} (epoch {trainer.current_epoch}): "
+            f"the {type(self.edit).__name__} parameters on site(s) {non_finite_sites(self.edit)} "
+            "became NaN or infinite (the loss or its gradient was not finite). "
+            + non_finite_advice(trainer, self.model.dtype)
+        )
 
     # ------------------------------------------------------------------------------ forward
     def _check_lengths(self, mask: Tensor) -> None:
@@ -324,8 +354,19 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             (run / "test_metrics.json").write_text(json.dumps(values, indent=2) + "\n")
 
     # ------------------------------------------------------------------------------ evaluation
+    def precision_context(self) -> contextlib.AbstractContextManager:
+        """The trainer's precision context for forward passes (Lightning's
+        ``precision_plugin.forward_context()``: autocast under ``bf16-mixed`` / ``16-mixed``,
+        the half default dtype under ``*-true``), so evaluation outside the trainer's loops
+        (the end of ``fit``) computes as validation does; a no-op without a trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return contextlib.nullcontext()
+        return trainer.precision_plugin.forward_context()
+
     def _on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        device = input_device(self.model)  # where the backbone reads its inputs
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     @torch.no_grad()
     def evaluate(self, dataloader) -> dict[str, float]:
@@ -343,21 +384,25 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
     ) -> tuple[dict[str, float], dict[str, list[float]]]:
         """The metrics of :meth:`evaluate` and the curve of :meth:`logit_diff_by_beta` from one
         pass: each prompt runs once per distinct nonzero beta of ``betas`` and +-1, and the
-        beta = 0 logits are the cached clean ones (an edit at beta = 0 is the identity)."""
-        metrics = InterventionMetrics("").to(self.device)
+        beta = 0 logits are the cached clean ones (an edit at beta = 0 is the identity).
+
+        Under a process group each rank evaluates its share of the prompts and the metrics are
+        those of all of them (collective: call it on every rank)."""
+        metrics = InterventionMetrics("").to(input_device(self.model))
         grid = [float(b) for b in betas]
         distinct = sorted({b for b in grid + [1.0, -1.0] if b != 0.0})
-        sums = torch.zeros(len(grid), 2)
+        sums = torch.zeros(len(grid), 2, dtype=torch.float64)
         count = 0
-        for batch in dataloader:
+        for batch in shard_loader(dataloader):  # this rank's share under a process group
             batch = self._on_device(batch)
             ids, mask = batch["input_ids"], batch["attention_mask"]
             self._check_lengths(mask)
             correct, wrong = batch["correct_id"], batch["wrong_id"]
-            by_beta = {0.0: self.clean_logits(ids, mask)}
-            for beta in distinct:
-                with attach(self.model, self.edit, beta=beta):
-                    by_beta[beta] = last_token_logits(self.model, ids, mask)
+            with self.precision_context():  # as in validation: autocast under *-mixed
+                by_beta = {0.0: self.clean_logits(ids, mask)}
+                for beta in distinct:
+                    with attach(self.model, self.edit, beta=beta):
+                        by_beta[beta] = last_token_logits(self.model, ids, mask)
             metrics.update_from(
                 objective_terms(
                     by_beta[1.0], by_beta[-1.0], by_beta[0.0], correct, wrong, self.hparams.margin
@@ -365,10 +410,13 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             )
             rows = torch.arange(ids.shape[0], device=ids.device)
             for i, beta in enumerate(grid):
-                sums[i, 0] += by_beta[beta][rows, correct].sum().cpu()
-                sums[i, 1] += by_beta[beta][rows, wrong].sum().cpu()
+                sums[i, 0] += by_beta[beta][rows, correct].double().sum().cpu()
+                sums[i, 1] += by_beta[beta][rows, wrong].double().sum().cpu()
             count += ids.shape[0]
-        out = {k: float(v) for k, v in metrics.compute().items()}
+        counted = torch.tensor([count], dtype=torch.float32)
+        all_reduce_sum(sums, counted)  # the ranks' sums (no-op in one process)
+        count = int(counted)
+        out = {k: float(v) for k, v in metrics.compute().items()}  # collective under DDP
         out["minimality"] = float(self.edit.count_nonnegligible())
         out["num_parameters"] = float(self.edit.num_parameters())
         means = sums / max(count, 1)
@@ -389,6 +437,8 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         self._fit_started = time.perf_counter()
 
     def on_fit_end(self) -> None:
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if self.trainer.sanity_checking:
             return
+        # On every rank: the evaluation shards its prompts and combines the ranks' metrics
+        # (collectives stay matched); files are written by global rank zero only.
         finish_run(self)

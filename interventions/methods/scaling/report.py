@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from interventions.core.dispatch import input_device
 from interventions.core.hooks import record
 from interventions.edits import ActivScalar, DynScalar, PointEdit, SteerVec
 from interventions.evaluation.generation import samples_markdown, steered_continuations
@@ -82,7 +83,7 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
     )
     tokenizer = module.tokenizer
     example = getattr(dm, "example_prompt", None) or dm.train_dataloader().dataset[0].prompt
-    ids = torch.tensor([tokenizer(example)["input_ids"]], device=module.device)
+    ids = torch.tensor([tokenizer(example)["input_ids"]], device=input_device(module.model))
     tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
     name = f"{type(module.edit).__name__} on {module.hparams.backbone}"
     values = heatmap_values(module.edit, module.model, ids)

@@ -20,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from interventions.core.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.core.backbone import DEFAULT_BACKBONE, load_backbone_from
+from interventions.core.dispatch import DeviceMap, MaxMemory
 from interventions.edits.artifact import (
     artifact_folder,
     read_artifact_config,
@@ -89,6 +90,10 @@ class W2SModule(L.LightningModule):
         l2s_context_layers: candidate context layers of L2S (default: every third layer).
         l2s_steps: Adam steps of each L2S network.
         dtype: backbone dtype.
+        device_map: Accelerate device map splitting the backbone over GPUs, ``cpu`` and ``disk``
+            (``auto``, ``sequential`` or module -> device); ``None``: all on the trainer's device.
+        max_memory: memory per device for ``device_map``, e.g. ``{0: 20GiB, cpu: 60GiB}``.
+        offload_folder: folder for the backbone weights ``device_map`` puts on ``disk``.
         sweep_cache_dir: root of the sweep cache (default: the project cache folder).
         sweep_chunk_size: examples per cache chunk.
     """
@@ -113,6 +118,9 @@ class W2SModule(L.LightningModule):
         l2s_context_layers: list[int] | None = None,
         l2s_steps: int = 300,
         dtype: str = "float32",
+        device_map: DeviceMap | None = None,
+        max_memory: MaxMemory | None = None,
+        offload_folder: str | None = None,
         sweep_cache_dir: str | None = None,
         sweep_chunk_size: int = 16,
     ) -> None:
@@ -166,8 +174,10 @@ class W2SModule(L.LightningModule):
     def build_data(self, datamodule: Any) -> W2SData:
         """Run the pipeline on an item data module's items, with the backbone on this module's
         device (loaded here, dropped afterwards)."""
-        model, _ = load_backbone(self.hparams.backbone, dtype=self.hparams.dtype)
-        model.to(self.device)
+        # setup runs before Lightning moves the module: use the device the trainer will use
+        trainer = self._trainer
+        device = trainer.strategy.root_device if trainer is not None else self.device
+        model, _ = load_backbone_from(self.hparams, device=device)  # a device_map places it
         tags = datamodule.cache_tags() if hasattr(datamodule, "cache_tags") else {}
         return build_w2s_data(
             model, datamodule.items, datamodule.collator, self.hparams.backbone,
@@ -392,7 +402,7 @@ class W2SModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ report
     def on_fit_end(self) -> None:
-        if self.data is not None and self.trainer.is_global_zero:
+        if self.data is not None:  # every rank (matched collectives); rank zero writes
             finish_w2s_run(self, self.data, RunArtifacts.of(self))
 
     # ------------------------------------------------------------------------------ export

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from interventions.core.batch import ContrastiveExample
+from interventions.core.dispatch import input_device
+from interventions.core.distributed import gather_rows, shard_loader, shard_range
 from interventions.core.sites import ModelDims, model_dims
 from interventions.evaluation.sweep import answer_activations, cached_sweep, sweep_examples
 from interventions.methods.caa.vectors import caa_vectors
@@ -92,7 +94,7 @@ def _activations(model: nn.Module, items, collator, context_layers: Sequence[int
     dims = model_dims(model)
     layers = list(range(dims.num_layers))
     diffs, ctxs = [], []
-    for batch in loader:
+    for batch in shard_loader(loader):  # this rank's share; gathered below
         diff, ctx = answer_activations(
             model,
             batch["input_ids"],
@@ -104,11 +106,24 @@ def _activations(model: nn.Module, items, collator, context_layers: Sequence[int
         )
         diffs.append(diff)
         ctxs.append(ctx)
-    if not diffs:
+    local = {"diff": torch.cat(diffs), "ctx": torch.cat(ctxs)} if diffs else {}
+    rows = gather_rows(local)
+    if not rows:
         return torch.zeros(0, len(layers), dims.d_model), torch.zeros(
             0, len(context_layers), dims.d_model
         )
-    return torch.cat(diffs), torch.cat(ctxs)
+    return rows["diff"], rows["ctx"]
+
+
+def _encode(texts: list[str], options: W2SOptions, backbone: str, device: torch.device) -> Tensor:
+    """``[N, D]`` prompt embeddings; under a process group each rank embeds its share."""
+    mine = [texts[i] for i in shard_range(len(texts))]
+    local = {}
+    if mine:
+        local["emb"] = encode_prompts(
+            mine, options.encoder, backbone=backbone, pooling=options.pooling, device=device
+        )
+    return gather_rows(local)["emb"]
 
 
 def build_w2s_data(
@@ -135,6 +150,7 @@ def build_w2s_data(
         raise ValueError("W2S: the training split is empty.")
     tokenizer = collator.tokenizer
     dims = model_dims(model)
+    device = input_device(model)  # the encoders run where the backbone reads its inputs
     tags = dict(cache_tags or {})
     variants = [
         k.removeprefix("test/") for k in items if k.startswith("test/") and k != "test/base"
@@ -205,7 +221,7 @@ def build_w2s_data(
         texts = [ex.prompt for ex in items[name]]
         if options.encoder != "lm_internal":
             texts = [prompt_text(p, tokenizer) for p in texts]
-        emb = encode_prompts(texts, options.encoder, backbone=backbone, pooling=options.pooling)
+        emb = _encode(texts, options, backbone, device)
         if name == "train":
             lab = encode_labels(labels, space)
         else:
