@@ -1,0 +1,106 @@
+"""GPU checks: run where a CUDA device exists, skipped with the reason elsewhere.
+
+An edit on a GPU backbone equals the CPU result; ``load_intervention(device="cuda")`` steers a
+GPU model; a ``bf16-mixed`` ActivScalar fit and the W2S pipeline run on the GPU (tiny backbone)
+and write their files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from interventions.core.hooks import attach, last_token_logits
+from interventions.core.sites import model_dims
+from interventions.edits import ActivScalar, load_intervention, save_intervention
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"
+)
+
+
+def _edit(model) -> ActivScalar:
+    edit = ActivScalar(model_dims(model), sites=["attn_out", "mlp_out"], positions="last")
+    with torch.no_grad():
+        for p in edit.parameters():
+            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    return edit
+
+
+def test_edit_on_gpu_equals_cpu():
+    model = tiny_model("llama")
+    edit = _edit(model)
+    ids = torch.randint(
+        0, model.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(1)
+    )
+    mask = torch.ones_like(ids)
+    with attach(model, edit, beta=1.0):
+        cpu = last_token_logits(model, ids, mask)
+    gpu_model = model.to("cuda")
+    with attach(gpu_model, edit.to("cuda"), beta=1.0):
+        gpu = last_token_logits(gpu_model, ids.cuda(), mask.cuda()).cpu()
+    assert torch.allclose(cpu, gpu, atol=1e-4, rtol=1e-4)
+
+
+def test_load_intervention_on_cuda_steers_a_gpu_model(tmp_path):
+    model = tiny_model("llama")
+    edit = _edit(model)
+    save_intervention(edit, tmp_path / "edit", backbone="tiny")
+    loaded = load_intervention(tmp_path / "edit", device="cuda")
+    assert all(p.device.type == "cuda" for p in loaded.parameters())
+    model = model.to("cuda")
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), device="cuda")
+    mask = torch.ones_like(ids)
+    plain = last_token_logits(model, ids, mask)
+    with attach(model, loaded, beta=1.0):
+        steered = last_token_logits(model, ids, mask)
+    assert not torch.allclose(plain, steered)
+
+
+def _fit(config: str, backbone: str, run, *extra: str):
+    from pathlib import Path
+
+    from interventions.cli import build_cli
+
+    root = Path(__file__).resolve().parents[1]
+    cli = build_cli(
+        [
+            "--config", str(root / config), f"--model.backbone={backbone}",
+            f"--trainer.default_root_dir={run}", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--trainer.accelerator=gpu",
+            "--trainer.devices=1", *extra,
+        ],
+        run=False,
+    )  # fmt: skip
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli
+
+
+def test_activscalar_bf16_mixed_fit_on_gpu(tiny_backbone_dir, tmp_path):
+    cli = _fit(
+        "configs/ioi/activscalar.yaml", tiny_backbone_dir, tmp_path,
+        "--trainer.precision=bf16-mixed", "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1", "--data.num_train=8", "--data.num_val=4",
+        "--data.num_test=4", "--data.batch_size=4",
+    )  # fmt: skip
+    assert next(cli.model.model.parameters()).device.type == "cuda"
+    assert all(p.dtype == torch.float32 for p in cli.model.edit.parameters())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(v == v for v in metrics["test"].values())  # finite, not NaN
+    assert (tmp_path / "intervention" / "intervention.json").is_file()
+
+
+def test_w2s_pipeline_on_gpu(tiny_backbone_dir, tmp_path):
+    cli = _fit(
+        "configs/mwe/w2s_caa.yaml", tiny_backbone_dir, tmp_path,
+        "--data.max_examples=20", "--data.behavior=corrigible-neutral-HHH",
+        "--data.ood_variants=[]", "--trainer.max_epochs=2", "--model.encoder=lm_internal",
+        f"--model.sweep_cache_dir={tmp_path / 'cache'}",
+    )  # fmt: skip
+    assert next(cli.model.parameters()).device.type == "cuda"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["summary"]["label_layers"]
+    assert (tmp_path / "w2s_predictor" / "w2s_predictor.json").is_file()
