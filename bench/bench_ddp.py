@@ -96,7 +96,7 @@ def largest_difference(one: Path, two: Path) -> float:
     if (one / "intervention").is_dir():
         ea, eb = load_intervention(one / "intervention"), load_intervention(two / "intervention")
         for pa, pb in zip(ea.parameters(), eb.parameters(), strict=True):
-            diff = max(diff, float((pa - pb).abs().max()))
+            diff = max(diff, float((pa - pb).detach().abs().max()))
     return diff
 
 
