@@ -8,8 +8,9 @@ every method runs on all ranks for this reason; files are written by global rank
 * :func:`shard_range` / :func:`shard_loader`: this rank's share of a list or a data loader,
   strided (``rank, rank + N, ...``) and **without padding** (Lightning's training sampler repeats
   examples to even out the ranks; sums and counts must see every example exactly once);
-* :func:`all_reduce_sum`: sums and counts of every rank, in place, on the device the backend
-  needs (NCCL: the current CUDA device; gloo: CPU);
+* :func:`all_reduce_sum`: sums of every rank, in place, on the device the backend needs (NCCL:
+  the current CUDA device; gloo: CPU); :func:`all_reduce_sums` for a ``name -> sum`` dict some
+  ranks may not have filled (a rank without batches), :func:`all_reduce_count` for a count;
 * :func:`gather_shards` / :func:`gather_rows`: put per-rank results (of :func:`shard_range`
   items, or the rows of a :func:`shard_loader` pass) back in their original order on every rank;
 * :func:`barrier`, :func:`broadcast_object`.
@@ -29,7 +30,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 __all__ = [
+    "all_reduce_count",
     "all_reduce_sum",
+    "all_reduce_sums",
     "barrier",
     "broadcast_object",
     "gather_objects",
@@ -79,6 +82,36 @@ def all_reduce_sum(*tensors: Tensor) -> None:
         buf = t.to(device)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
         t.copy_(buf)
+
+
+def all_reduce_sums(store: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``name -> running sum`` summed over the ranks (``store`` itself in one process).
+
+    A name this rank lacks (it had no batch) starts from zeros of the shape and dtype the other
+    ranks have; the names come out in the order the ranks first hold them (rank 0's first), the
+    same on every rank.
+    """
+    if not is_distributed():
+        return store
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for part in gather_objects({k: (tuple(v.shape), v.dtype) for k, v in store.items()}):
+        for name, spec in part.items():
+            specs.setdefault(name, spec)
+    out = {
+        name: store[name] if name in store else torch.zeros(shape, dtype=dtype)
+        for name, (shape, dtype) in specs.items()
+    }
+    all_reduce_sum(*out.values())
+    return out
+
+
+def all_reduce_count(count: int) -> int:
+    """``count`` summed over the ranks (itself in one process)."""
+    if not is_distributed():
+        return count
+    total = torch.tensor([count], dtype=torch.long)
+    all_reduce_sum(total)
+    return int(total)
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from interventions.core.backbone import DEFAULT_BACKBONE
 from interventions.core.dispatch import DeviceMap, MaxMemory
-from interventions.core.distributed import all_reduce_sum, gather_objects
+from interventions.core.distributed import all_reduce_count, all_reduce_sums, gather_objects
 from interventions.core.sites import model_dims
 from interventions.evaluation.ranking import (
     NDCG_CUTOFFS,
@@ -168,14 +168,11 @@ class A2AModule(ComputedModule):
         # every rank gets every rank's graphs, merged in batch order as in one process
         parts = gather_objects(self._graphs)
         self._graphs = sorted((g for part in parts for g in part), key=lambda item: item[0])
-        num_layers, width = model_dims(self.model).num_layers, model_dims(self.model).d_model
-        if self._diff_sum is None:
-            self._diff_sum = torch.zeros(num_layers, width, dtype=torch.float64)
-        count = torch.tensor([self._count], dtype=torch.long)
-        all_reduce_sum(self._diff_sum, count)
-        self._count = int(count)
+        diff = {} if self._diff_sum is None else {"diff": self._diff_sum}
+        self._diff_sum = all_reduce_sums(diff).get("diff")
+        self._count = all_reduce_count(self._count)
         if self.hparams.vector == "caa":
-            self._caa.all_reduce(self.model)
+            self._caa.all_reduce()
 
     def steering_vectors(self) -> Tensor:
         """``[L, d]`` the steering vectors chosen by ``vector`` (after ``fit``)."""

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interventions.core.distributed import all_reduce_sum, gather_objects, is_distributed
+from interventions.core.distributed import all_reduce_count, all_reduce_sums
 from interventions.core.sites import ModelDims
 from interventions.edits import ActivScalar
 from interventions.methods.attribution.scores import ALPHA_SIGN, Scores, check_method
@@ -39,21 +39,9 @@ class ScoreAccumulator:
         self.count += sizes.pop() if sizes else 0
 
     def all_reduce(self) -> None:
-        """Sum the running sums and counts of every process into each one's (no-op in one);
-        a rank without batches takes the shapes from the others."""
-        if not is_distributed():
-            return
-        shapes: dict[str, tuple[int, ...]] = {}
-        for spec in gather_objects({k: tuple(v.shape) for k, v in self.total.items()}):
-            for site, shape in spec.items():
-                shapes.setdefault(site, shape)
-        self.total = {
-            site: self.total.get(site, torch.zeros(shape, dtype=torch.float64))
-            for site, shape in shapes.items()
-        }
-        count = torch.tensor([self.count], dtype=torch.long)
-        all_reduce_sum(*self.total.values(), count)
-        self.count = int(count)
+        """Sum the running sums and counts of every process into each one's (no-op in one)."""
+        self.total = all_reduce_sums(self.total)
+        self.count = all_reduce_count(self.count)
 
     def mean(self) -> Scores:
         """The mean score of every point, ``site -> [layers, T]`` (float32)."""

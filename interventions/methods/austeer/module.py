@@ -193,8 +193,7 @@ class AUSteerModule(ComputedModule):
 
     def reduce_statistics(self) -> None:
         if not self._stats_from_cache:
-            shapes = {s: (self.dims.num_layers, self.dims.width(s)) for s in self.stat_sites}
-            self.stats.all_reduce(shapes)
+            self.stats.all_reduce()
 
     def statistics_complete(self) -> None:
         path = self.stats_cache_path()

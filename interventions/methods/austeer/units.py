@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from interventions.core.distributed import all_reduce_sum, is_distributed
+from interventions.core.distributed import all_reduce_count, all_reduce_sums
 from interventions.core.hooks import PositionContext, attach, last_token_index, position_ids
 from interventions.core.sites import ModelDims, check_layer, check_site, model_dims
 from interventions.edits import EDITS, EditState, PointEdit
@@ -229,27 +229,15 @@ class MomentumStats:
                 self._add(self.sum_abs_diff, site, diff.abs().sum(0).cpu())
         self.n += int(batch or 0)
 
-    def all_reduce(self, shapes: Mapping[str, tuple[int, int]]) -> None:
-        """Sum the statistics of every process into each one's (a no-op in one process).
-
-        ``shapes`` is ``site -> (L, width)`` of every site any rank may have seen: a rank whose
-        share of the pool was empty starts from zeros of those shapes.
-        """
-        if not is_distributed():
-            return
-        tensors = []
-        for site, shape in shapes.items():
-            for store, dtype in (
-                (self.count_pos, torch.long),
-                (self.count_neg, torch.long),
-                (self.sum_diff, torch.float64),
-                *([(self.sum_abs_diff, torch.float64)] if self.track_abs else []),
-            ):
-                store.setdefault(site, torch.zeros(shape, dtype=dtype))
-                tensors.append(store[site])
-        n = torch.tensor([self.n], dtype=torch.long)
-        all_reduce_sum(n, *tensors)
-        self.n = int(n)
+    def all_reduce(self) -> None:
+        """Sum the statistics of every process into each one's (a no-op in one process); a rank
+        whose share of the pool was empty starts from zeros."""
+        self.count_pos = all_reduce_sums(self.count_pos)
+        self.count_neg = all_reduce_sums(self.count_neg)
+        self.sum_diff = all_reduce_sums(self.sum_diff)
+        if self.track_abs:
+            self.sum_abs_diff = all_reduce_sums(self.sum_abs_diff)
+        self.n = all_reduce_count(self.n)
 
     @staticmethod
     def _add(store: dict[str, Tensor], site: str, value: Tensor) -> None:

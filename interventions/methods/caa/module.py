@@ -64,7 +64,7 @@ class CAAModule(ComputedModule):
         self.acc.update(self.model, batch)
 
     def reduce_statistics(self) -> None:
-        self.acc.all_reduce(self.model)
+        self.acc.all_reduce()
 
     def statistics_complete(self) -> None:
         self.vectors = self.acc.mean().to(self.device)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from interventions.core.dispatch import input_device
-from interventions.core.distributed import all_reduce_sum, is_distributed, shard_loader
+from interventions.core.distributed import all_reduce_count, all_reduce_sums, shard_loader
 from interventions.core.sites import ModelDims, model_dims
 from interventions.edits import SteerVec
 from interventions.evaluation.sweep import answer_activations
@@ -59,16 +59,12 @@ class DiffAccumulator:
         self.total = part if self.total is None else self.total + part
         self.count += diff.shape[0]
 
-    def all_reduce(self, model: nn.Module) -> None:
+    def all_reduce(self) -> None:
         """Sum the running sums and counts of every process into each one's (no-op in one)."""
-        if not is_distributed():
-            return
-        dims = model_dims(model)
-        if self.total is None:  # this rank had no batch
-            self.total = torch.zeros(dims.num_layers, dims.d_model, dtype=torch.float64)
-        count = torch.tensor([self.count], dtype=torch.long)
-        all_reduce_sum(self.total, count)
-        self.count = int(count)
+        self.total = all_reduce_sums({} if self.total is None else {"total": self.total}).get(
+            "total"
+        )
+        self.count = all_reduce_count(self.count)
 
     def mean(self) -> Tensor:
         """``[L, d]`` the CAA vectors."""
@@ -86,5 +82,5 @@ def caa_vectors(model: nn.Module, batches: Iterable[dict[str, Any]]) -> Tensor:
     acc = DiffAccumulator()
     for batch in shard_loader(batches):  # this rank's share under a process group
         acc.update(model, batch)
-    acc.all_reduce(model)
+    acc.all_reduce()
     return acc.mean()

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from interventions.core.backbone import DEFAULT_BACKBONE, FrozenBackbone
 from interventions.core.dispatch import DeviceMap, MaxMemory, input_device
-from interventions.core.distributed import all_reduce_sum, shard_loader
+from interventions.core.distributed import all_reduce_count, all_reduce_sum, shard_loader
 from interventions.core.hooks import attach, last_token_logits
 from interventions.core.sites import model_dims
 from interventions.edits import EDITS, PointEdit, PositionSpec, build_edit
@@ -413,9 +413,8 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
                 sums[i, 0] += by_beta[beta][rows, correct].double().sum().cpu()
                 sums[i, 1] += by_beta[beta][rows, wrong].double().sum().cpu()
             count += ids.shape[0]
-        counted = torch.tensor([count], dtype=torch.float32)
-        all_reduce_sum(sums, counted)  # the ranks' sums (no-op in one process)
-        count = int(counted)
+        all_reduce_sum(sums)  # the ranks' sums (no-op in one process)
+        count = all_reduce_count(count)
         out = {k: float(v) for k, v in metrics.compute().items()}  # collective under DDP
         out["minimality"] = float(self.edit.count_nonnegligible())
         out["num_parameters"] = float(self.edit.num_parameters())

@@ -117,13 +117,15 @@ def _activations(model: nn.Module, items, collator, context_layers: Sequence[int
 
 def _encode(texts: list[str], options: W2SOptions, backbone: str, device: torch.device) -> Tensor:
     """``[N, D]`` prompt embeddings; under a process group each rank embeds its share."""
-    mine = [texts[i] for i in shard_range(len(texts))]
-    local = {}
-    if mine:
-        local["emb"] = encode_prompts(
-            mine, options.encoder, backbone=backbone, pooling=options.pooling, device=device
+
+    def encode(part: list[str]) -> Tensor:
+        return encode_prompts(
+            part, options.encoder, backbone=backbone, pooling=options.pooling, device=device
         )
-    return gather_rows(local)["emb"]
+
+    mine = [texts[i] for i in shard_range(len(texts))]
+    rows = gather_rows({"emb": encode(mine)} if mine else {})
+    return rows["emb"] if rows else encode(texts)  # no text at all: encode_prompts says so
 
 
 def build_w2s_data(
