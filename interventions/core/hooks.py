@@ -270,20 +270,28 @@ def last_token_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     """``[batch, vocab]`` next-token logits at each row's last real token.
 
     Position ids are counted on real tokens, so left and right padding give the same logits as
-    the unpadded prompt.  With left padding (every row ends in a real token) only the last column
-    is projected to the vocabulary (``logits_to_keep=1``), which saves most of the unembedding
-    cost.
+    the unpadded prompt.  Only each row's last real token is projected to the vocabulary
+    (``logits_to_keep`` as a ``[batch, 1]`` index), which saves most of the unembedding cost for
+    either padding side.
     """
     idx = last_token_index(attention_mask)
-    kwargs = dict(
+    return model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids(attention_mask),
-    )
-    if bool((idx == input_ids.shape[1] - 1).all()):
-        return model(**kwargs, logits_to_keep=1).logits[:, -1]
-    logits = model(**kwargs).logits
-    return logits[torch.arange(input_ids.shape[0], device=idx.device), idx]
+        logits_to_keep=idx[:, None],
+    ).logits[:, 0]
+
+
+def keep_last_column(input_ids: Tensor) -> Tensor:
+    """``logits_to_keep`` that projects only the last column to the vocabulary.
+
+    The same as ``logits_to_keep=1``, but as an index tensor: Hugging Face slices the hidden
+    states with it by gathering a contiguous copy, while the integer gives a strided view that
+    ``F.linear`` multiplies as a batched matmul against the expanded unembedding, about 4x slower
+    on CPU for a 49k-token vocabulary (forward and backward; ``bench/README.md``).
+    """
+    return torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from interventions.core.dispatch import input_device
 from interventions.core.distributed import reduce_device, shard_loader
-from interventions.core.hooks import Edit, attach, position_ids
+from interventions.core.hooks import Edit, attach, keep_last_column, position_ids
 from interventions.core.kv_cache import output_cache, with_cache
 
 __all__ = [
@@ -108,7 +108,7 @@ def _run_prompts(model: nn.Module, ids: Tensor, mask: Tensor, share: bool) -> tu
         attention_mask=run_mask,
         position_ids=position_ids(run_mask),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=keep_last_column(run_ids),
     )
     logits, cache = out.logits[:, -1], output_cache(out)  # [U or R, vocab]
     if shared is not None:

@@ -47,7 +47,13 @@ from interventions.core.distributed import (
     rank_and_world,
     shard_range,
 )
-from interventions.core.hooks import attach, last_token_index, position_ids, record
+from interventions.core.hooks import (
+    attach,
+    keep_last_column,
+    last_token_index,
+    position_ids,
+    record,
+)
 from interventions.core.kv_cache import output_cache, with_cache
 from interventions.core.sites import model_dims
 from interventions.edits import SteerVec
@@ -203,7 +209,12 @@ def _sweep_logits_packed(model: nn.Module, ids: Tensor, vectors, layers, beta) -
     seeing the shared prefix cache and itself (a 4-d attention mask), at the same position."""
     rows, n = beta.shape[0], ids.numel()
     device = ids.device
-    cache = output_cache(model(input_ids=ids[None, :-1], use_cache=True)) if n > 1 else None
+    cache = None
+    if n > 1:  # the prefix's cache (its logits are not needed: one column is projected)
+        prefix = ids[None, :-1]
+        cache = output_cache(
+            model(input_ids=prefix, use_cache=True, logits_to_keep=keep_last_column(prefix))
+        )
     allowed = torch.zeros(1, 1, rows, n - 1 + rows, dtype=torch.bool, device=device)
     allowed[..., : n - 1] = True
     allowed[0, 0, torch.arange(rows), n - 1 + torch.arange(rows)] = True
@@ -227,7 +238,10 @@ def _sweep_logits_rows(model: nn.Module, ids: Tensor, vectors, layers, beta) -> 
     edit = _steering_edit(model, vectors, layers)
     cache = None
     if n > 1:
-        cache = output_cache(model(input_ids=ids[None, :-1], use_cache=True))
+        prefix = ids[None, :-1]
+        cache = output_cache(
+            model(input_ids=prefix, use_cache=True, logits_to_keep=keep_last_column(prefix))
+        )
         cache.batch_repeat_interleave(rows)
     mask = torch.ones(rows, n, dtype=torch.long, device=ids.device)
     with attach(model, edit, beta):

@@ -13,7 +13,13 @@ from tqdm.auto import tqdm
 
 from interventions.core.dispatch import input_device
 from interventions.core.distributed import all_reduce_sum, shard_loader
-from interventions.core.hooks import attach, last_token_index, position_ids, record
+from interventions.core.hooks import (
+    attach,
+    keep_last_column,
+    last_token_index,
+    position_ids,
+    record,
+)
 from interventions.core.kv_cache import output_cache, with_cache
 from interventions.core.sites import model_dims
 from interventions.methods.caa.vectors import steering_edit
@@ -75,7 +81,12 @@ def activation_difference(model: nn.Module, batch: dict[str, Any]) -> Tensor:
     ):
         ids, mask = batch[ids_key].to(device), batch[mask_key].to(device)
         with record(model, points) as acts:
-            model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+            model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
+                logits_to_keep=keep_last_column(ids),  # the logits are not needed
+            )
         rows = torch.arange(ids.shape[0], device=device)
         last = last_token_index(mask)
         out.append(torch.stack([acts[p][rows, last] for p in points], 1).float())
@@ -216,6 +227,7 @@ def _batch_grid(
         attention_mask=mask[:, :-1],
         position_ids=position_ids(mask[:, :-1]),
         use_cache=True,
+        logits_to_keep=keep_last_column(ids[:, :-1]),
     )
     cache = output_cache(out)
     step = dict(

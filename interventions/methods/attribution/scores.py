@@ -64,7 +64,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from interventions.core.dispatch import input_device, loaded_tensor
-from interventions.core.hooks import PositionContext, attach, last_token_logits, record
+from interventions.core.hooks import (
+    PositionContext,
+    attach,
+    keep_last_column,
+    last_token_logits,
+    record,
+)
 from interventions.core.kv_cache import output_cache, with_cache
 from interventions.core.sites import arch_row, check_layer, check_site, model_dims
 from interventions.evaluation.objectives import logit_diff
@@ -274,6 +280,7 @@ def actpatch_scores(
                 input_ids=batch.ids[:, :start],
                 attention_mask=torch.ones_like(batch.ids[:, :start]),
                 use_cache=True,
+                logits_to_keep=keep_last_column(batch.ids[:, :start]),
             )
         )
     layer_ids = torch.tensor(layers, device=device)
@@ -287,7 +294,7 @@ def actpatch_scores(
         layer = torch.where(patched, layer_ids[li.clamp(min=0)], -1)
         edit = _PointPatch(points, layer, si, pos, values, sites)
         ids = batch.ids[prompt]  # [r, T]
-        kwargs: dict[str, Any] = dict(attention_mask=torch.ones_like(ids), logits_to_keep=1)
+        kwargs: dict[str, Any] = dict(attention_mask=torch.ones_like(ids))
         if prefix is not None:
             cache = copy.deepcopy(prefix)
             cache.reorder_cache(prompt)
@@ -301,7 +308,9 @@ def actpatch_scores(
                 input_ids=ids, position_ids=torch.arange(length, device=device).expand_as(ids)
             )
         with attach(model, edit):
-            logits = model(**kwargs).logits[:, -1]
+            logits = model(**kwargs, logits_to_keep=keep_last_column(kwargs["input_ids"])).logits[
+                :, -1
+            ]
         out[lo : lo + len(part)] = logit_diff(logits, batch.correct[prompt], batch.wrong[prompt])
     clean = out[:n]  # the unpatched rows
     scores = torch.zeros(n, len(layers), len(sites), length, device=device)

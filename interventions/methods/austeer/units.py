@@ -31,7 +31,13 @@ import torch
 from torch import Tensor, nn
 
 from interventions.core.distributed import all_reduce_count, all_reduce_sums
-from interventions.core.hooks import PositionContext, attach, last_token_index, position_ids
+from interventions.core.hooks import (
+    PositionContext,
+    attach,
+    keep_last_column,
+    last_token_index,
+    position_ids,
+)
 from interventions.core.sites import ModelDims, check_layer, check_site, model_dims
 from interventions.edits import EDITS, EditState, PointEdit
 
@@ -113,7 +119,7 @@ def au_activations(
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             use_cache=False,
-            logits_to_keep=1,  # the logits are not needed: skip most of the unembedding
+            logits_to_keep=keep_last_column(input_ids),  # logits not needed: skip the unembedding
         )
     batch = input_ids.shape[0]
     out = {}
