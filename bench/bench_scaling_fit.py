@@ -2,11 +2,12 @@
 
 The old default is the IOI ActivScalar config as it was before sparse defaults (plain L1 penalty
 with lambda_M = 0.001, lr 0.01, batch 32, the clean rows run in every step, 20 epochs, validation
-every epoch); the new
+every epoch, float32); the new
 one is ``configs/ioi/activscalar.yaml`` as shipped.  Both train the same data from the same seed
 through the CLI, with the end-of-fit work (final metrics, plots, export, samples) included, and
 the script prints the wall time of each, their ratio, and the rows each sends through the model
-per training step (forward/backward equivalents: one prompt row = 1).
+per training step (forward/backward equivalents: one prompt row = 1).  The new default also
+runs with ``--trainer.precision 32-true``, to show what its ``bf16-mixed`` contributes.
 
     python bench/bench_scaling_fit.py [--config configs/ioi/activscalar.yaml] [--out runs/bench_fit]
 """
@@ -30,6 +31,7 @@ OLD_DEFAULT = [
     "--model.num_samples=0",
     "--trainer.max_epochs=20",
     "--trainer.check_val_every_n_epoch=1",
+    "--trainer.precision=32-true",
     "--data.batch_size=32",
 ]
 
@@ -75,18 +77,22 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     new = timed_fit(args.config, out / "new", [])
+    # the new default in float32: how much of the ratio the precision choice is
+    new32 = timed_fit(args.config, out / "new_fp32", ["--trainer.precision=32-true"])
     old = timed_fit(args.config, out / "old", OLD_DEFAULT)
     print(
         "| run | fit s | epochs | steps | rows/step (x batch) | eval rows | flip test | minimality |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, r in (("old default", old), ("new default", new)):
+    runs = (("old default", old), ("new default", new), ("new default, 32-true", new32))
+    for name, r in runs:
         print(
             f"| {name} | {r['seconds']:.0f} | {r['epochs']} | {r['steps']} | "
             f"{r['rows_per_step']:.2f} | {r['eval_rows']} | {r['test_flip_rate']:.2f} | "
             f"{r['minimality']:.0f} |"
         )
     print(f"\nwall-time ratio new / old: {new['seconds'] / old['seconds']:.3f}")
+    print(f"wall-time ratio new (32-true) / old: {new32['seconds'] / old['seconds']:.3f}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from transformers import (
 from interventions.core.dispatch import (
     DeviceMap,
     MaxMemory,
+    check_precision,
     check_strategy,
     is_dispatched,
     placement_kwargs,
@@ -505,7 +506,8 @@ class FrozenBackbone:
     (:func:`~interventions.core.dispatch.is_dispatched`).  Put it before ``LightningModule`` in
     the bases.  :meth:`load_and_hold` loads the backbone its hyperparameters name.  Sharding
     strategies (FSDP, DeepSpeed) are refused at ``configure_model``
-    (:func:`~interventions.core.dispatch.check_strategy`).
+    (:func:`~interventions.core.dispatch.check_strategy`), and a bfloat16 precision on a CPU
+    that emulates it is warned about (:func:`~interventions.core.dispatch.check_precision`).
 
     The module's *own* floating parameters (the edit's: the master weights) stay float32 when
     the module is cast to half precision (``module.half()``, Lightning's ``precision="16-true"``
@@ -527,10 +529,12 @@ class FrozenBackbone:
 
     def configure_model(self) -> None:
         """Lightning's hook before the strategy wraps the module: refuse sharding strategies
-        (:func:`~interventions.core.dispatch.check_strategy`)."""
+        (:func:`~interventions.core.dispatch.check_strategy`) and warn about an emulated
+        bfloat16 precision (:func:`~interventions.core.dispatch.check_precision`)."""
         trainer = getattr(self, "_trainer", None)  # None: e.g. load_from_checkpoint
         if trainer is not None:
             check_strategy(trainer.strategy)
+            check_precision(trainer)
         super().configure_model()  # type: ignore[misc]
 
     def _apply(self, fn, *args, **kwargs):
