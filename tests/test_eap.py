@@ -673,14 +673,15 @@ def test_edges_into_the_logits_are_a_first_order_identity_for_small_perturbation
     two forward passes) up to O(eps^2) while dL itself is O(eps): the relative error is O(eps).
 
     Error = max over examples |sum - dL| / max |dL|, m = 3 steps.  Observed on the 8 random
-    models: eps = 0.1: 1.2e-3 (gpt2) to 1.0e-2 (qwen2); eps = 0.025: 3.3e-4 to 2.6e-3, i.e. 3.2x
-    to 5.3x smaller for a 4x smaller eps (below eps ~ 0.01 float32 rounding of the tiny dL sets a
-    floor near 1e-3).  For comparison, whole-token corruptions give 13-50%
-    (test_edges_into_the_logits_approximate_the_metric_change).  Asserted: error < 2e-2 at
-    eps = 0.1, < 5e-3 at eps = 0.025, and error(0.1) / error(0.025) in [2.5, 7] (about 4: the
+    models: eps = 0.2: 2.4e-3 (gpt2) to 1.9e-2 (qwen2); eps = 0.05: 6.4e-4 to 5.2e-3, i.e. 2.8x
+    to 5.7x smaller for a 4x smaller eps.  Smaller eps run into float32 rounding of the tiny dL
+    (a floor near 3e-4: at eps = 0.025 gpt2's error is 5.1e-4 in float32 but 2.8e-4 in float64),
+    so the ratio is measured above it.  For comparison, whole-token corruptions give 13-50%
+    (test_edges_into_the_logits_approximate_the_metric_change).  Asserted: error < 3e-2 at
+    eps = 0.2, < 1e-2 at eps = 0.05, and error(0.2) / error(0.05) in [2.2, 8] (about 4: the
     error is second order in the perturbation, first order relative to dL)."""
     errors = {}
-    for eps in (0.1, 0.025):
+    for eps in (0.2, 0.05):
         model, clean, corrupted, mask, target, foil = _perturbed_pair(arch, eps)
         graph = eap_ig(model, clean, corrupted, target, foil, clean_mask=mask, steps=3)
         with torch.no_grad():
@@ -691,6 +692,6 @@ def test_edges_into_the_logits_are_a_first_order_identity_for_small_perturbation
         assert (dl != 0).all()
         into_logits = torch.nansum(graph.example_scores[:, :, -1], -1)  # [batch]
         errors[eps] = float((into_logits - dl).abs().max() / dl.abs().max())
-    assert errors[0.1] < 2e-2, errors
-    assert errors[0.025] < 5e-3, errors
-    assert 2.5 < errors[0.1] / errors[0.025] < 7, errors
+    assert errors[0.2] < 3e-2, errors
+    assert errors[0.05] < 1e-2, errors
+    assert 2.2 < errors[0.2] / errors[0.05] < 8, errors

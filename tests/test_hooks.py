@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from interventions.core.hooks import (
     attach,
+    keep_last_column,
     last_token_index,
     last_token_logits,
     position_ids,
@@ -316,3 +317,22 @@ def test_errors(llama):
     with pytest.raises(ValueError, match="llama with 3 layers.*llama with 2 layers"):
         with attach(smaller, edit):
             pass
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_last_token_logits_equal_the_full_projection(arch, padding_side):
+    """Only the last real token is projected (``logits_to_keep`` as an index): the logits equal
+    the full-vocabulary logits of every position, read at each row's last real token."""
+    model = tiny_model(arch)
+    ids, mask, _ = random_batch(3, [4, 7, 5], padding_side, seed=1)
+    pos = position_ids(mask)
+    full = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # [B, T, V]
+    last = [int(m.nonzero().max()) for m in mask]
+    expected = torch.stack([full[b, t] for b, t in enumerate(last)])
+    torch.testing.assert_close(last_token_logits(model, ids, mask), expected, atol=1e-5, rtol=1e-5)
+    kept = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep_last_column(ids)
+    ).logits
+    assert kept.shape[1] == 1
+    torch.testing.assert_close(kept[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)

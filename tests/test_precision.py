@@ -299,3 +299,52 @@ def test_load_on_device_and_attach_across_dtypes(tmp_path):
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), ref, rtol=0.05, atol=0.02)
     assert not torch.equal(got, clean)  # the edit acts
+
+
+# ------------------------------------------------------------------ bfloat16 on a CPU without it
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from interventions.core.dispatch import cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert cpu_has_native_bf16(str(info)) is False  # AVX-512 alone emulates bfloat16
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_native_bf16(str(info)) is True
+    info.write_text("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(str(info)) is True
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is None  # not Linux: not known
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "warns"),
+    [
+        ("bf16-mixed", False, True),
+        ("bf16-true", False, True),
+        ("bf16-mixed", True, False),
+        ("bf16-mixed", None, False),  # unknown CPU: no guess
+        ("32-true", False, False),
+        ("16-mixed", False, True),  # Lightning runs float16 autocast on a CPU as bf16-mixed
+        ("64-true", False, False),
+    ],
+)
+def test_bf16_on_an_emulating_cpu_is_warned_about(
+    tiny_backbone_dir, tmp_path, monkeypatch, precision, native, warns
+):
+    import warnings
+
+    from interventions.core import dispatch
+
+    monkeypatch.setattr(dispatch, "cpu_has_native_bf16", lambda: native)
+    module = InterventionModule(backbone=tiny_backbone_dir, num_positions=6, num_samples=0)
+    trainer = L.Trainer(
+        default_root_dir=str(tmp_path), accelerator="cpu", precision=precision, max_steps=1,
+        logger=False, enable_progress_bar=False, enable_checkpointing=False,
+    )  # fmt: skip
+    module._trainer = trainer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module.configure_model()
+    messages = [str(w.message) for w in caught if "native bfloat16" in str(w.message)]
+    assert len(messages) == int(warns)
+    if warns:
+        assert "precision='bf16-" in messages[0] and "--trainer.precision 32-true" in messages[0]
