@@ -21,6 +21,7 @@ from interventions.core import backbone
 from interventions.core.backbone import (
     ALIASES,
     DEFAULT_BACKBONE,
+    NO_HUB_KERNELS,
     PackagedGGUF,
     cache_root,
     load_backbone,
@@ -106,11 +107,33 @@ def test_pad_token_fallbacks(tiny_dir, tmp_path):
     assert load_tokenizer(str(tmp_path / "no_pad_no_eos")).pad_token == "<|endoftext|>"
 
 
+def test_every_model_load_turns_hub_kernels_off(tiny_dir, monkeypatch):
+    """Transformers 5.25 defaults to use_kernels=True (layers swapped for Hub kernels, which need
+    the ``kernels`` package and network and replace the forwards the hooks attach to): each
+    from_pretrained the library makes (backbone, with or without a device map) passes False."""
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.from_pretrained.__func__
+    seen = []
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs.get("use_kernels", "not passed"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(spy))
+    load_backbone(str(tiny_dir))
+    load_backbone(str(tiny_dir), device_map={"": "cpu"})
+    assert seen == [False, False]
+    assert NO_HUB_KERNELS == {"use_kernels": False}
+
+
 def test_peft_adapter_is_merged_like_unmerged_peft(tiny_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "down_proj"])
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), lora)
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_dir, **NO_HUB_KERNELS), lora
+    )
     torch.manual_seed(1)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -121,7 +144,7 @@ def test_peft_adapter_is_merged_like_unmerged_peft(tiny_dir, tmp_path):
     tok = load_tokenizer(str(tiny_dir))
     base, _ = load_backbone(str(tiny_dir))
     reference = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(tiny_dir), tmp_path / "adapter"
+        AutoModelForCausalLM.from_pretrained(tiny_dir, **NO_HUB_KERNELS), tmp_path / "adapter"
     )
     reference.eval()
     merged, _ = load_backbone(str(tiny_dir), adapter=str(tmp_path / "adapter"))
@@ -145,7 +168,7 @@ def tmp_cache(monkeypatch, tmp_path, tiny_dir):
 
     def fake_gguf(gguf: Path):
         calls.append(gguf)
-        model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir, **NO_HUB_KERNELS)
         model.hf_quantizer = object()  # what a real GGUF load leaves behind; must be dropped
         model.config.quantization_config = {"quant_method": "gguf"}
         return model, AutoTokenizer.from_pretrained(tiny_dir)

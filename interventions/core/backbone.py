@@ -281,7 +281,9 @@ def load_backbone(
     placement = placement_kwargs(device_map, max_memory, offload_folder, adapter)
     resolved = resolve_backbone(name)
     tokenizer = _load_tokenizer(resolved, name, padding_side)
-    model = _from_pretrained(AutoModelForCausalLM, resolved, name, dtype=torch_dtype, **placement)
+    model = _from_pretrained(
+        AutoModelForCausalLM, resolved, name, dtype=torch_dtype, **placement, **NO_HUB_KERNELS
+    )
 
     if adapter is not None:
         from peft import PeftModel  # lazy: peft import is slow and only needed here
@@ -341,6 +343,13 @@ def _check_padding_side(padding_side: str) -> None:
         )
 
 
+# Transformers 5.25 turned Hub kernels on by default (``use_kernels=None`` -> True): from_pretrained
+# then swaps layers such as RMSNorm or the MLP for kernels downloaded from the Hub, which needs the
+# ``kernels`` package and network, and replaces the module forwards our hooks attach to. Every model
+# load here asks for the plain modules (5.20-5.24 already defaulted to False).
+NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False}
+
+
 def _from_pretrained(loader: Any, resolved: str, name: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained(resolved)``; a failing Hub name gets a message saying what to do."""
     try:
@@ -398,7 +407,9 @@ def _load_from_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     """Dequantize a GGUF checkpoint with transformers (slow: tens of seconds)."""
     folder, filename = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=filename, dtype=torch.float32, **NO_HUB_KERNELS
+    )
     return model, tokenizer
 
 

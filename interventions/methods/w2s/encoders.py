@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interventions.core.backbone import DEFAULT_BACKBONE, load_backbone
+from interventions.core.backbone import DEFAULT_BACKBONE, NO_HUB_KERNELS, load_backbone
 from interventions.core.hooks import attach, position_ids
 
 EncoderName = Literal["minilm", "lm_internal"]
@@ -66,7 +66,7 @@ def _load_sentence_encoder(folder: Path, device: str) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).to(device)
+    model = AutoModel.from_pretrained(folder, **NO_HUB_KERNELS).to(device)
     model.requires_grad_(False)
     model.eval()
     return model, tokenizer
