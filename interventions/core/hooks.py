@@ -270,17 +270,22 @@ def last_token_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     """``[batch, vocab]`` next-token logits at each row's last real token.
 
     Position ids are counted on real tokens, so left and right padding give the same logits as
-    the unpadded prompt.  Only each row's last real token is projected to the vocabulary
-    (``logits_to_keep`` as a ``[batch, 1]`` index), which saves most of the unembedding cost for
-    either padding side.
+    the unpadded prompt.  Only the columns where some row ends are projected to the vocabulary
+    (``logits_to_keep`` as a 1-D index tensor of those positions: one column with left padding),
+    which saves most of the unembedding cost for either padding side.  A 1-D index works on every
+    supported transformers (5.20 has no per-row 2-D form).  The index lives on the CPU, which
+    indexes hidden states on any device: on a model split over GPUs they come out on the last
+    one, not on the device of ``input_ids``.
     """
     idx = last_token_index(attention_mask)
-    return model(
+    keep, column = torch.unique(idx, return_inverse=True)  # end positions; each row's among them
+    logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids(attention_mask),
-        logits_to_keep=idx[:, None],
-    ).logits[:, 0]
+        logits_to_keep=keep.cpu(),
+    ).logits  # [batch, len(keep), vocab]
+    return logits[torch.arange(input_ids.shape[0], device=logits.device), column.to(logits.device)]
 
 
 def keep_last_column(input_ids: Tensor) -> Tensor:
@@ -289,9 +294,11 @@ def keep_last_column(input_ids: Tensor) -> Tensor:
     The same as ``logits_to_keep=1``, but as an index tensor: Hugging Face slices the hidden
     states with it by gathering a contiguous copy, while the integer gives a strided view that
     ``F.linear`` multiplies as a batched matmul against the expanded unembedding, about 4x slower
-    on CPU for a 49k-token vocabulary (forward and backward; ``bench/README.md``).
+    on CPU for a 49k-token vocabulary (forward and backward; ``bench/README.md``).  A CPU tensor
+    whatever the device of ``input_ids``: it indexes the final hidden states, which a model split
+    over devices puts on its last one.
     """
-    return torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
+    return torch.tensor([input_ids.shape[1] - 1])
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:

@@ -204,17 +204,21 @@ class PackedLayerSteer:
         return h + w[None, :, None] * self.vectors[i].to(h.dtype)
 
 
+def _prefix_cache(model: nn.Module, ids: Tensor):
+    """The KV cache of ``ids[:-1]`` (one prompt, 1-D ids); its logits are not needed, so one
+    column is projected to the vocabulary."""
+    prefix = ids[None, :-1]
+    return output_cache(
+        model(input_ids=prefix, use_cache=True, logits_to_keep=keep_last_column(prefix))
+    )
+
+
 def _sweep_logits_packed(model: nn.Module, ids: Tensor, vectors, layers, beta) -> Tensor:
     """``[R, vocab]``: the last token repeated R times as parallel tokens of one sequence, each
     seeing the shared prefix cache and itself (a 4-d attention mask), at the same position."""
     rows, n = beta.shape[0], ids.numel()
     device = ids.device
-    cache = None
-    if n > 1:  # the prefix's cache (its logits are not needed: one column is projected)
-        prefix = ids[None, :-1]
-        cache = output_cache(
-            model(input_ids=prefix, use_cache=True, logits_to_keep=keep_last_column(prefix))
-        )
+    cache = _prefix_cache(model, ids) if n > 1 else None
     allowed = torch.zeros(1, 1, rows, n - 1 + rows, dtype=torch.bool, device=device)
     allowed[..., : n - 1] = True
     allowed[0, 0, torch.arange(rows), n - 1 + torch.arange(rows)] = True
@@ -238,10 +242,7 @@ def _sweep_logits_rows(model: nn.Module, ids: Tensor, vectors, layers, beta) -> 
     edit = _steering_edit(model, vectors, layers)
     cache = None
     if n > 1:
-        prefix = ids[None, :-1]
-        cache = output_cache(
-            model(input_ids=prefix, use_cache=True, logits_to_keep=keep_last_column(prefix))
-        )
+        cache = _prefix_cache(model, ids)
         cache.batch_repeat_interleave(rows)
     mask = torch.ones(rows, n, dtype=torch.long, device=ids.device)
     with attach(model, edit, beta):

@@ -307,10 +307,9 @@ def actpatch_scores(
             kwargs.update(
                 input_ids=ids, position_ids=torch.arange(length, device=device).expand_as(ids)
             )
+        kwargs["logits_to_keep"] = keep_last_column(kwargs["input_ids"])
         with attach(model, edit):
-            logits = model(**kwargs, logits_to_keep=keep_last_column(kwargs["input_ids"])).logits[
-                :, -1
-            ]
+            logits = model(**kwargs).logits[:, -1]
         out[lo : lo + len(part)] = logit_diff(logits, batch.correct[prompt], batch.wrong[prompt])
     clean = out[:n]  # the unpatched rows
     scores = torch.zeros(n, len(layers), len(sites), length, device=device)
