@@ -322,8 +322,9 @@ def test_errors(llama):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_last_token_logits_equal_the_full_projection(arch, padding_side):
-    """Only the last real token is projected (``logits_to_keep`` as an index): the logits equal
-    the full-vocabulary logits of every position, read at each row's last real token."""
+    """Only the columns where rows end are projected (``logits_to_keep`` as a 1-D index): the
+    logits equal the full-vocabulary logits of every position, read at each row's last real
+    token (rows of lengths 4, 7, 5: three end columns under right padding, one under left)."""
     model = tiny_model(arch)
     ids, mask, _ = random_batch(3, [4, 7, 5], padding_side, seed=1)
     pos = position_ids(mask)
