@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from interventions.edits import load_intervention  # noqa: E402
-from interventions.reporting.artifacts import numbers  # noqa: E402
+from interventions.reporting.artifacts import numbers
+from interventions.reporting.run_folder import resolve_run  # noqa: E402
 
 JOBS = {
     "caa": (
@@ -87,6 +88,7 @@ def fit(config: str, run: Path, args: list[str], devices: int) -> float:
 
 
 def largest_difference(one: Path, two: Path) -> float:
+    one, two = resolve_run(one), resolve_run(two)  # the latest version_N of each
     a, b = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
     if "summary" in a:  # W2S: the pipeline's numbers (the predictor trains on other batches)
         a, b = a["summary"], b["summary"]

@@ -56,7 +56,7 @@ def timed_fit(config: str, run: Path, overrides: list[str]) -> dict:
     trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - start
     handle.remove()
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((Path(trainer.default_root_dir) / "metrics.json").read_text())
     steps = trainer.global_step
     batch = cli.datamodule.hparams.batch_size
     return dict(

@@ -18,7 +18,9 @@ import argparse
 import itertools
 from pathlib import Path
 
-from interventions.experiments.runner import fit_run, split_passthrough
+import json
+
+from interventions.experiments.runner import fit_run_folder, split_passthrough
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,14 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for lm, lr, m in itertools.product(args.lambda_m, args.lr, args.margin):
         run = Path(args.out) / f"lm{lm:g}_lr{lr:g}_m{m:g}"
-        metrics = fit_run(
+        folder = fit_run_folder(
             [
                 "--config", args.config, f"--model.lambda_m={lm}", f"--model.lr={lr}",
                 f"--model.margin={m}", "--trainer.enable_progress_bar=false", *passthrough,
             ],
             run,
         )  # fmt: skip
-        epochs = sorted(run.glob("checkpoints/epoch=*.ckpt"))
+        metrics = json.loads((folder / "metrics.json").read_text())
+        epochs = sorted(folder.glob("checkpoints/epoch=*.ckpt"))
         epoch = epochs[-1].name.split("-")[0].removeprefix("epoch=") if epochs else "?"
         rows.append(
             f"| {lm:g} | {lr:g} | {m:g} | {int(epoch) + 1 if epoch != '?' else '?'} | "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from interventions.methods.a2a.selection import method_costs
+from interventions.reporting.run_folder import resolve_run
 
 METHODS: tuple[tuple[str, str], ...] = (
     ("grid_val", "Grid search (validation ranking)"),
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs: dict[str, dict[str, Any]] = {}
     for folder in map(Path, args.runs):
-        path = folder / "metrics.json"
+        path = resolve_run(folder) / "metrics.json"
         if not path.is_file():
             raise SystemExit(f"{path} does not exist: run the config first (train.py fit).")
         metrics = json.loads(path.read_text())

@@ -36,6 +36,7 @@ from interventions.methods.attribution.beta import evaluate_edit
 from interventions.methods.attribution.scalars import edit_values
 from interventions.methods.attribution.scores import METHODS, Scores
 from interventions.reporting.plots import method_heatmaps
+from interventions.reporting.run_folder import resolve_run
 
 LABELS = {"actpatch": "ActPatch", "attrpatch": "AttrPatch", "dla": "DLA"}
 LEARNED = "ActivScalar"
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     config = Path(args.config or f"configs/attribution/{args.task}.yaml")
     runs = Path(args.runs or f"runs/attribution/{args.task}")
     out = Path(args.out or runs / "comparison")
-    learned = Path(args.learned or f"runs/{args.task}/activscalar/intervention")
+    learned = Path(args.learned or resolve_run(f"runs/{args.task}/activscalar") / "intervention")
     if not (learned / "intervention.json").is_file():
         raise FileNotFoundError(
             f"No learned ActivScalar at {learned}. Train it first: python train.py fit "
@@ -173,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         run=False,
     )  # fmt: skip
     model, dm = cli.model.model, cli.datamodule
-    edits = {LABELS[m]: _load(runs / m / "intervention", LABELS[m]) for m in args.methods}
+    edits = {
+        LABELS[m]: _load(resolve_run(runs / m) / "intervention", LABELS[m]) for m in args.methods
+    }
     edits[LEARNED] = _load(learned, LEARNED)
     rows = compare(model, dm, edits, LEARNED, args.top_k)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import matplotlib
 
 from interventions.experiments.runner import fit_run, parse_args
+from interventions.reporting.run_folder import resolve_run
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -81,7 +82,7 @@ def collect(out: Path, grid: list[tuple[str, float, float, float]]) -> list[dict
     """One point per (grid entry, split) from the runs' ``metrics.json``."""
     points = []
     for edit, lf, lm, m in grid:
-        file = out / run_name(edit, lf, lm, m) / "metrics.json"
+        file = resolve_run(out / run_name(edit, lf, lm, m)) / "metrics.json"
         metrics = json.loads(file.read_text())
         for split in ("train", "test"):
             points.append(
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     grid = list(itertools.product(args.edits, args.lambda_f, args.lambda_m, args.margin))
     for i, (edit, lf, lm, m) in enumerate(grid, 1):
         run = out / run_name(edit, lf, lm, m)
-        if (run / "metrics.json").is_file():
+        if (resolve_run(run) / "metrics.json").is_file():
             print(f"[{i}/{len(grid)}] {run.name}: done before, kept")
             continue
         print(f"[{i}/{len(grid)}] {run.name}: training")

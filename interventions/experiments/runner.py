@@ -2,9 +2,9 @@
 arguments, and write a result table.
 
 * :func:`fit_run` trains one run in this process (``train.py fit`` with the given arguments and
-  ``--trainer.default_root_dir=<run>``) and returns its ``metrics.json``; a run whose
-  ``metrics.json`` exists is not trained again (``resume=True``), so an interrupted driver
-  continues where it stopped;
+  ``--trainer.default_root_dir=<run>``, so into ``<run>/version_N/``) and returns its
+  ``metrics.json``; a run whose ``<run>/latest/metrics.json`` exists is not trained again
+  (``resume=True``), so an interrupted driver continues where it stopped;
 * :func:`parse_args` splits a driver's own arguments from the ``train.py fit`` arguments after
   ``--`` (passed to every run);
 * :func:`markdown_table` formats rows of cells;
@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from interventions.cli import build_cli
+from interventions.reporting.run_folder import latest_version, point_latest
 
-__all__ = ["fit_run", "markdown_table", "parse_args", "split_passthrough", "write_table"]
+__all__ = [
+    "fit_run",
+    "fit_run_folder",
+    "markdown_table",
+    "parse_args",
+    "split_passthrough",
+    "write_table",
+]
 
 
 def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
@@ -44,14 +52,24 @@ def parse_args(
 
 def fit_run(args: list[str], run: str | Path, resume: bool = True) -> dict[str, Any]:
     """Train one run in this process (``train.py fit`` with ``args`` and
-    ``--trainer.default_root_dir=run``) and return its ``metrics.json``; with ``resume`` a run
-    whose ``metrics.json`` exists is read, not trained again."""
+    ``--trainer.default_root_dir=run``: a new ``run/version_N``) and return its ``metrics.json``;
+    with ``resume`` a run whose latest finished version has a ``metrics.json`` is read, not
+    trained again."""
+    return json.loads((fit_run_folder(args, run, resume) / "metrics.json").read_text())
+
+
+def fit_run_folder(args: list[str], run: str | Path, resume: bool = True) -> Path:
+    """As :func:`fit_run`, but returns the version folder the metrics are in."""
     run = Path(run)
-    metrics = run / "metrics.json"
-    if not (resume and metrics.is_file()):
-        cli = build_cli([*args, f"--trainer.default_root_dir={run}"], run=False)
-        cli.trainer.fit(cli.model, cli.datamodule)
-    return json.loads(metrics.read_text())
+    done = latest_version(run)
+    if resume and done is not None and (done / "metrics.json").is_file():
+        return done
+    cli = build_cli([*args, f"--trainer.default_root_dir={run}"], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    folder = Path(cli.trainer.default_root_dir)
+    if cli.trainer.is_global_zero:
+        point_latest(folder)
+    return folder
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

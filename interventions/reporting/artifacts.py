@@ -2,7 +2,7 @@
 
 Every method ends its run the same way, through one object::
 
-    art = RunArtifacts.of(module)                  # <run> = trainer.default_root_dir
+    art = RunArtifacts.of(module)                  # <run> = this fit's folder (run_folder)
     art.write_metrics(metrics)                     # <run>/metrics.json + numbers to every logger
     art.write_json("ranking.json", table)          # any other file of the run
     art.plot("heatmap", figure)                    # <run>/plots/heatmap.png (+ W&B image)
@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 
 from interventions.edits.artifact import NonFiniteEditError, non_finite_sites, save_intervention
 from interventions.edits.point import PointEdit
+from interventions.reporting.run_folder import run_folder
 
 __all__ = ["RunArtifacts", "non_finite_advice", "numbers", "publish_to_wandb"]
 
@@ -74,7 +75,8 @@ class RunArtifacts:
     """The files, logged numbers, images and artifacts of one run folder.
 
     Args:
-        run: the run folder (``trainer.default_root_dir``).
+        run: the run folder (:func:`~interventions.reporting.run_folder.run_folder`: a
+            ``version_N`` of its own for each fit).
         loggers: the trainer's loggers; numbers go to all of them, images and artifacts to the
             Weights & Biases ones.
         trainer: the trainer, for :meth:`checkpoint` and the logging step.
@@ -100,7 +102,7 @@ class RunArtifacts:
         """The artefacts of the run a LightningModule's trainer is in."""
         trainer = module.trainer
         return cls(
-            trainer.default_root_dir,
+            run_folder(trainer),
             trainer.loggers,
             trainer=trainer,
             writer=bool(trainer.is_global_zero),

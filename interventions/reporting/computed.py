@@ -39,6 +39,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from interventions.core.backbone import FrozenBackbone
 from interventions.core.distributed import is_distributed, rank_and_world
 from interventions.reporting.artifacts import RunArtifacts
+from interventions.reporting.run_folder import run_folder
 
 __all__ = ["ComputedModule"]
 
@@ -92,14 +93,15 @@ class ComputedModule(FrozenBackbone, LightningModule):
         return None  # computed, not trained
 
     def run_dir(self) -> Path:
-        """The run folder: the trainer's default_root_dir."""
-        return Path(self.trainer.default_root_dir)
+        """This fit's run folder (:func:`~interventions.reporting.run_folder.run_folder`)."""
+        return run_folder(self.trainer)
 
     def fit_seconds(self) -> float:
         """Seconds since ``fit`` started."""
         return time.perf_counter() - self._fit_started
 
     def setup(self, stage: str) -> None:
+        run_folder(self.trainer)  # chosen once, on every rank, before any file is written
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy):
             # Nothing to train, so nothing for DistributedDataParallel to synchronise (and it

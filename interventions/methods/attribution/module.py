@@ -40,6 +40,7 @@ from interventions.methods.attribution.scores import (
 from interventions.reporting import plots
 from interventions.reporting.artifacts import RunArtifacts, numbers
 from interventions.reporting.computed import ComputedModule
+from interventions.reporting.run_folder import version_folder_of
 
 
 class AttributionScalarModule(ComputedModule):
@@ -100,12 +101,14 @@ class AttributionScalarModule(ComputedModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        name = self.run_dir().name
+        run = self.run_dir()
+        experiment = run.parent if version_folder_of(run) == run.resolve() else run
+        name = experiment.name
         method = self.hparams.method
         if name in METHODS and name != method:
             raise ValueError(
-                f"method={method!r} but the run folder {self.run_dir()} is named after "
-                f"{name!r}: pass --trainer.default_root_dir={self.run_dir().parent / method} "
+                f"method={method!r} but the run folder {experiment} is named after "
+                f"{name!r}: pass --trainer.default_root_dir={experiment.parent / method} "
                 "so that runs of different methods do not overwrite each other."
             )
 

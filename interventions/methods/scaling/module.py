@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -46,10 +47,23 @@ from interventions.evaluation.objectives import (
 )
 from interventions.methods.scaling.report import finish_run
 from interventions.reporting.artifacts import non_finite_advice
+from interventions.reporting.run_folder import run_folder, unique_path
 
 EditKind = Literal["activscalar", "steervec", "dynscalar"]
 Sparsity = Literal["penalty", "proximal"]
+LrSchedule = Literal["constant", "cosine", "linear"]
 EarlyStoppingMonitor = Literal["val/flip_rate", "val/effectiveness", "val/loss"]
+
+
+def decay_factor(schedule: str, total_steps: int):
+    """``step -> lr factor`` of a schedule decaying from 1 at step 0 to 0 at ``total_steps``
+    (``cosine``: ``(1 + cos(pi t / T)) / 2``; ``linear``: ``1 - t / T``)."""
+
+    def factor(step: int) -> float:
+        t = min(step / total_steps, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+
+    return factor
 
 
 class InterventionModule(FrozenBackbone, L.LightningModule):
@@ -73,7 +87,16 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             subgradient, values hover near but rarely at zero) or ``"proximal"`` (after each
             optimiser step ``theta <- sign(theta) * max(|theta| - lr * lambda_M, 0)``: exact zeros).
         margin: margin m of the effectiveness hinge.
+        refit_epochs: the last this many epochs of ``fit`` re-fit the support L1 found (a
+            relaxed lasso): at their start every parameter with ``|theta| < 0.01`` is set to 0
+            and stays 0, and the others train on effectiveness + faithfulness without the L1
+            term, so minimality cannot grow and the effectiveness that shrinkage cost comes
+            back. Needs ``trainer.max_epochs``; 0 = no re-fit.
         lr: Adam learning rate.
+        lr_schedule: the learning rate over the optimiser steps of ``fit``: ``constant``, or
+            decayed from ``lr`` to 0 at the last step (``cosine``: half a cosine; ``linear``).
+            With ``sparsity="proximal"`` the soft threshold ``lr * lambda_M`` follows it, so the
+            last steps settle the sparse solution instead of pruning and regrowing scalars.
         dtype: backbone dtype (``float32``, ``bfloat16``, ``float16``).
         adapter: optional PEFT adapter folder merged into the backbone.
         device_map: Accelerate device map splitting the backbone over GPUs, ``cpu`` and ``disk``
@@ -111,7 +134,9 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         lambda_f: float = 1.0,
         lambda_m: float = 0.0,
         margin: float = 1.0,
+        refit_epochs: int = 0,
         lr: float = 1e-2,
+        lr_schedule: LrSchedule = "constant",
         dtype: str = "float32",
         adapter: str | None = None,
         device_map: DeviceMap | None = None,
@@ -134,6 +159,12 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             raise ValueError("lambda_f, lambda_m and margin must be >= 0.")
         if sparsity not in ("penalty", "proximal"):
             raise ValueError(f"sparsity must be 'penalty' or 'proximal', got {sparsity!r}.")
+        if refit_epochs < 0:
+            raise ValueError(f"refit_epochs must be >= 0, got {refit_epochs}.")
+        if lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(
+                f"lr_schedule must be 'constant', 'cosine' or 'linear', got {lr_schedule!r}."
+            )
         if early_stopping_monitor not in ("val/flip_rate", "val/effectiveness", "val/loss"):
             raise ValueError(
                 "early_stopping_monitor must be 'val/flip_rate', 'val/effectiveness' or "
@@ -153,6 +184,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         if not self._needs_prompt_length():
             self._build_edit(num_positions)
         self._clean_cache: dict[bytes, Tensor] = {}  # prompt tokens -> clean logits [vocab]
+        self._support: list[Tensor] | None = None  # the re-fit phase's masks (refit_epochs)
         self.val_metrics = InterventionMetrics("val/")
         self.test_metrics = InterventionMetrics("test/")
 
@@ -181,6 +213,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
+        self.run_dir()  # chosen once, on every rank, before any file is written
         if self.edit is not None:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -194,8 +227,17 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             )
         self._build_edit(int(length))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.edit.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.edit.parameters(), lr=self.hparams.lr)
+        schedule = self.hparams.get("lr_schedule", "constant")
+        if schedule == "constant":
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay_factor(schedule, total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def configure_callbacks(self) -> list[Callback]:
         patience = self.hparams.early_stopping_patience
@@ -213,10 +255,42 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if self.hparams.sparsity == "proximal" and self.hparams.lambda_m > 0:
+        if self._support is not None:  # re-fit: the support stays fixed, no L1
+            with torch.no_grad():
+                for p, keep in zip(self.edit.params.values(), self._support, strict=True):
+                    p.mul_(keep)
+        elif self.hparams.sparsity == "proximal" and self.hparams.lambda_m > 0:
             for group in optimizer.param_groups:
                 soft_threshold_(group["params"], group["lr"] * self.hparams.lambda_m)
         self._check_finite()
+
+    @property
+    def refit_start_epoch(self) -> int | None:
+        """The first epoch of the re-fit phase (``refit_epochs``), ``None`` without one."""
+        refit = int(self.hparams.get("refit_epochs", 0) or 0)
+        if refit == 0:
+            return None
+        max_epochs = getattr(self._trainer, "max_epochs", None) if self._trainer else None
+        if max_epochs is None or max_epochs < 0:
+            raise ValueError(
+                f"refit_epochs={refit} re-fits during the last epochs of fit, so it needs "
+                "trainer.max_epochs (got none): set --trainer.max_epochs or refit_epochs=0."
+            )
+        return max(max_epochs - refit, 0)
+
+    def on_train_epoch_start(self) -> None:
+        start = self.refit_start_epoch
+        if start is None or self.current_epoch < start or self._support is not None:
+            return
+        with torch.no_grad():  # the same on every rank: the parameters are
+            self._support = [p.abs() >= 0.01 for p in self.edit.params.values()]
+            for p, keep in zip(self.edit.params.values(), self._support, strict=True):
+                p.mul_(keep)
+        kept = int(sum(int(k.sum()) for k in self._support))
+        rank_zero_info(
+            f"epoch {self.current_epoch}: re-fitting the {kept} non-negligible parameters "
+            f"without L1 for the last {self.trainer.max_epochs - start} epoch(s)"
+        )
 
     def _check_finite(self) -> None:
         """Stop at the first step that leaves a NaN or infinite parameter (a non-finite loss or
@@ -306,8 +380,9 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         """The three-term loss of one batch, its parts and the per-example terms."""
         terms = self._terms(batch)
         h = self.hparams
-        # the proximal step handles L1 after the optimiser step: not in the gradient
-        lambda_m = h.lambda_m if h.sparsity == "penalty" else 0.0
+        # the proximal step handles L1 after the optimiser step: not in the gradient; the
+        # re-fit phase has no L1 term
+        lambda_m = h.lambda_m if h.sparsity == "penalty" and self._support is None else 0.0
         parts = three_term_loss(terms, self.edit.l1(), h.lambda_f, lambda_m)
         return parts, terms
 
@@ -347,11 +422,14 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
     def on_test_epoch_end(self) -> None:
         values = {k: float(v) for k, v in self.test_metrics.compute().items()}
         self._log_epoch(self.test_metrics, "test/")
+        run = self.run_dir()  # on every rank: choosing it may be collective
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             values["test/minimality"] = float(self.edit.count_nonnegligible())
-            run = self.run_dir()
             run.mkdir(parents=True, exist_ok=True)
-            (run / "test_metrics.json").write_text(json.dumps(values, indent=2) + "\n")
+            # beside the fit's artefacts, under a name no earlier test has used
+            path = unique_path(run / "test_metrics.json")
+            path.write_text(json.dumps(values, indent=2) + "\n")
+            rank_zero_info(f"test metrics in {path}")
 
     # ------------------------------------------------------------------------------ evaluation
     def precision_context(self) -> contextlib.AbstractContextManager:
@@ -429,8 +507,8 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
 
     # ------------------------------------------------------------------------------ end of fit
     def run_dir(self) -> Path:
-        """The run folder: the trainer's default_root_dir."""
-        return Path(self.trainer.default_root_dir)
+        """This fit's run folder (:func:`~interventions.reporting.run_folder.run_folder`)."""
+        return run_folder(self.trainer)
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,8 +73,7 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
         "test": test,
         "fit_wall_time_s": fit_seconds,
     }
-    art.write_metrics(metrics, numbers(metrics, "final/"))
-    rank_zero_info("final metrics: " + json.dumps(metrics))
+    metrics_path = art.write_metrics(metrics, numbers(metrics, "final/"))
     folder = art.export(
         module.edit,
         module.hparams.backbone,
@@ -92,8 +90,48 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
     art.plot("logits_vs_beta", logits_vs_beta(curve, title=name))
     art.publish()
     write_samples(module, [ex.prompt for ex in dm.test_examples], art)
-    rank_zero_info(f"exported the intervention to {folder}")
+    rank_zero_info(summary_text(metrics, art.run, folder, metrics_path))
     return metrics
+
+
+def summary_text(metrics: dict, run: Path, export: Path, metrics_path: Path | None = None) -> str:
+    """The end-of-fit summary a person reads: one row per split (flip rate, effectiveness,
+    faithfulness), minimality, the fit time, the run folder and the export."""
+    rows = [("split", "flip rate", "effectiveness", "faithfulness")]
+    for split in ("train", "val", "test"):
+        m = metrics.get(split) or {}
+        rows.append(
+            (
+                split,
+                f"{m.get('flip_rate', float('nan')):.3f}",
+                f"{m.get('effectiveness', float('nan')):+.3f}",
+                f"{m.get('faithfulness', float('nan')):+.3f}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["", "Finished fit:"]
+    for i, row in enumerate(rows):
+        lines.append(
+            "  "
+            + "  ".join(
+                c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))
+            )
+        )
+        if i == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    test = metrics.get("test") or {}
+    if "minimality" in test:
+        lines.append(
+            f"  minimality: {test['minimality']:.0f} of {test.get('num_parameters', 0):.0f} "
+            "parameters non-negligible (|theta| >= 0.01)"
+        )
+    if "fit_wall_time_s" in metrics:
+        lines.append(f"  fit time:   {metrics['fit_wall_time_s']:.0f} s")
+    lines.append(f"  run folder: {run}")
+    if metrics_path is not None:
+        lines.append(f"  metrics:    {metrics_path}")
+    lines.append(f"  export:     {export}  (load_intervention or python -m interventions generate)")
+    return "\n".join(lines)
 
 
 def write_samples(

@@ -38,6 +38,7 @@ from interventions.methods.w2s.pipeline import W2SData, W2SOptions, build_w2s_da
 from interventions.methods.w2s.predictor import LayerPredictor
 from interventions.reporting import plots
 from interventions.reporting.artifacts import RunArtifacts
+from interventions.reporting.run_folder import run_folder
 
 ARTIFACT_NAME = "w2s_predictor"  # w2s_predictor.safetensors + w2s_predictor.json
 WEIGHTS_NAME = f"{ARTIFACT_NAME}.safetensors"
@@ -201,6 +202,7 @@ class W2SModule(L.LightningModule):
         self.hparams["label_layers"] = layers
 
     def setup(self, stage: str) -> None:
+        run_folder(self.trainer)  # chosen once, on every rank, before any file is written
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.data is None and hasattr(datamodule, "items") and hasattr(datamodule, "collator"):
             self.data = self.build_data(datamodule)
