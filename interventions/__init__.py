@@ -6,7 +6,7 @@ The public API, importable from the package itself::
     from interventions import load_backbone, attach, load_intervention
 
     model, tokenizer = load_backbone("smollm2-135m-instruct")
-    edit = load_intervention("runs/ioi/activscalar/intervention")
+    edit = load_intervention("runs/ioi/activscalar/latest/intervention")
     with attach(model, edit, beta=1.0):
         out = model.generate(**tokenizer("Then, John and Mary ...", return_tensors="pt"))
 

@@ -2,7 +2,7 @@
 
 ``generate``: greedy continuations of prompts with an exported intervention at several betas ::
 
-    python -m interventions generate --intervention runs/ioi/activscalar/intervention \\
+    python -m interventions generate --intervention runs/ioi/activscalar/latest/intervention \\
         --prompt "Then, John and Mary went to the store. John gave a drink to" --beta 1 0 -1
 
 It steers with any exported edit (ActivScalar, SteerVec, DynScalar, AUSteer's AUScale /

@@ -35,6 +35,7 @@ from interventions.methods.a2a import (
     top_k_layers,
 )
 from interventions.methods.eap.graph import AttributionGraph
+from interventions.reporting.run_folder import resolve_run
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "papers" / "a2a-layer-selection.txt"
 
@@ -498,7 +499,7 @@ def test_a2a_module_fits_on_the_extraversion_contrast(tiny_backbone_dir, tmp_pat
 
     num_train, num_val, num_test = len(dm.train_examples), len(dm.val_examples), 24 - 9 - 2
     assert (num_train, num_val) == (9, 2)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(module.results))  # written as returned
     methods = [f"a2a_{m}" for m in A2A_METHODS] + ["actdiff", "mid", "grid_val"]
     assert set(metrics["layer_scores"]) == set(metrics["rankings"]) == set(methods)
@@ -556,11 +557,13 @@ def test_a2a_module_fits_on_the_extraversion_contrast(tiny_backbone_dir, tmp_pat
     assert (cost["num_val"], cost["num_test"]) == (num_val, num_test)
     assert cost["forward_equivalents"] == cost_forward_equivalents(num_train, 2, num_val, 3, 2, 2)
 
-    edit = load_intervention(tmp_path / "intervention")
+    edit = load_intervention(resolve_run(tmp_path) / "intervention")
     torch.testing.assert_close(edit.params["resid_post"][:, 0], module.steering_vectors())
-    extra = json.loads((tmp_path / "intervention" / "intervention.json").read_text())["extra"]
+    extra = json.loads((resolve_run(tmp_path) / "intervention" / "intervention.json").read_text())[
+        "extra"
+    ]
     assert extra["best_layer"] == top["grid"]["chosen_layer"]
-    assert (tmp_path / "plots" / "layer_scores.png").is_file()
+    assert (resolve_run(tmp_path) / "plots" / "layer_scores.png").is_file()
 
 
 def test_method_costs_by_hand():
@@ -628,6 +631,6 @@ def test_every_a2a_config_runs_through_the_cli(config, tiny_backbone_dir, tmp_pa
         run=False,
     )  # fmt: skip
     cli.trainer.fit(cli.model, cli.datamodule)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert len(metrics["test/accuracy"]) == 3  # the tiny backbone's layers
     assert set(metrics["ndcg"]["accuracy"]) >= {"a2a_in", "a2a_out", "actdiff", "random", "mid"}

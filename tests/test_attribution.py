@@ -22,6 +22,7 @@ from interventions.edits.artifact import (
 )
 from interventions.evaluation.objectives import logit_diff
 from interventions.experiments.attribution_table import compare, top_locations, top_overlap
+from interventions.reporting.run_folder import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ["resid_post", "attn_out", "mlp_out"]
@@ -457,12 +458,15 @@ def test_fit_every_method_and_the_comparison_table(tiny_backbone_dir, tmp_path):
     learned_top = top_locations(A.edit_values(learned), learned.layers)
     for method, label in (("actpatch", "ActPatch"), ("attrpatch", "AttrPatch"), ("dla", "DLA")):
         run = runs / method
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = json.loads((resolve_run(run) / "metrics.json").read_text())
         assert metrics["method"] == method and metrics["num_train"] == 4
         assert metrics["beta"] in (-4, -1, -0.25, 0.25, 1, 4)
         assert len(metrics["search"]) == 6
-        edit = load_intervention(run / "intervention")
-        assert read_intervention_config(run / "intervention")["extra"]["beta"] == metrics["beta"]
+        edit = load_intervention(resolve_run(run) / "intervention")
+        assert (
+            read_intervention_config(resolve_run(run) / "intervention")["extra"]["beta"]
+            == metrics["beta"]
+        )
         scores = load_file(str(run / "scores.safetensors"))
         scale = max(float(v.abs().max()) for v in scores.values())
         for s in ("attn_out", "mlp_out"):
@@ -470,9 +474,9 @@ def test_fit_every_method_and_the_comparison_table(tiny_backbone_dir, tmp_path):
             torch.testing.assert_close(A.edit_values(edit)[s], expected)
         if method == "dla":
             assert bool((scores["attn_out"][:, :-1] == 0).all())
-        assert (run / "plots" / "heatmap.png").stat().st_size > 1000
-        assert (run / "plots" / "logits_vs_beta.png").stat().st_size > 1000
-        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert (resolve_run(run) / "plots" / "heatmap.png").stat().st_size > 1000
+        assert (resolve_run(run) / "plots" / "logits_vs_beta.png").stat().st_size > 1000
+        assert (resolve_run(run) / "checkpoints" / "last.ckpt").is_file()
         # the table's numbers: the exported edit at the exported beta on the test split
         again = A.evaluate_edit(model, edit, dm.test_dataloader(), metrics["beta"])
         assert again["effectiveness"] == pytest.approx(metrics["test"]["effectiveness"], abs=1e-5)

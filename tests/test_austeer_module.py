@@ -10,6 +10,7 @@ import torch
 
 from interventions.edits.artifact import load_intervention
 from interventions.evaluation.multiple_choice import evaluate_accuracy
+from interventions.reporting.run_folder import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -43,22 +44,22 @@ def test_every_commonsense_config_runs(config, tiny_backbone_dir, tmp_path):
     cli = _fit(config, tiny_backbone_dir, tmp_path)
     module, dm = cli.model, cli.datamodule
     assert module.stats.n == 8  # one pass over the pool
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     grid = 4  # 2 x 2 settings
     assert len(metrics["search"]) == grid
     best = max(row["accuracy"] for row in metrics["search"])
     assert metrics["val/accuracy"] == best
     # the exported edit reloads and gives the same test accuracy
-    edit = load_intervention(tmp_path / "intervention")
-    beta = json.loads((tmp_path / "intervention" / "intervention.json").read_text())["extra"][
-        "beta"
-    ]
+    edit = load_intervention(resolve_run(tmp_path) / "intervention")
+    beta = json.loads((resolve_run(tmp_path) / "intervention" / "intervention.json").read_text())[
+        "extra"
+    ]["beta"]
     again = evaluate_accuracy(module.model, dm.test_dataloader(), "mean", edit, beta)
     assert again == pytest.approx(metrics["test/accuracy"])
-    assert (tmp_path / "plots" / "unit_scores.png").is_file()
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (resolve_run(tmp_path) / "plots" / "unit_scores.png").is_file()
+    assert (resolve_run(tmp_path) / "checkpoints" / "last.ckpt").is_file()
     # the saved ranking: best first, scores = max(r_pos, r_neg) of the statistics
-    ranking = json.loads((tmp_path / "ranking.json").read_text())
+    ranking = json.loads((resolve_run(tmp_path) / "ranking.json").read_text())
     site = module.hparams.site
     scores = module.stats.scores[site]
     assert ranking[0]["score"] == pytest.approx(float(scores.max()))
@@ -94,7 +95,7 @@ def test_trainer_test_logs_the_accuracies_of_the_run(tiny_backbone_dir, tmp_path
     """``trainer.test`` (test_step, sharing the prompt prefix between the vanilla and the
     steered pass) logs the same accuracies as the end-of-fit evaluation wrote."""
     cli = _fit("configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     (logged,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     assert logged["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
     assert logged["test/accuracy_vanilla"] == pytest.approx(metrics["test/accuracy_vanilla"])
@@ -104,7 +105,7 @@ def test_checkpoint_restores_the_chosen_edit(tiny_backbone_dir, tmp_path):
     from interventions.methods.austeer.module import AUSteerModule
 
     cli = _fit("configs/commonsense/austeer_head_boolq.yaml", tiny_backbone_dir, tmp_path)
-    loaded = AUSteerModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    loaded = AUSteerModule.load_from_checkpoint(resolve_run(tmp_path) / "checkpoints" / "last.ckpt")
     assert loaded.choice == cli.model.choice
     assert torch.equal(loaded.edit.params["attn_z"], cli.model.edit.params["attn_z"])
 

@@ -16,6 +16,7 @@ from conftest import tiny_model
 from interventions.core.hooks import attach, last_token_logits
 from interventions.core.sites import model_dims
 from interventions.edits import ActivScalar, load_intervention, save_intervention
+from interventions.reporting.run_folder import resolve_run
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device on this machine"
@@ -88,9 +89,9 @@ def test_activscalar_bf16_mixed_fit_on_gpu(tiny_backbone_dir, tmp_path):
     )  # fmt: skip
     assert next(cli.model.model.parameters()).device.type == "cuda"
     assert all(p.dtype == torch.float32 for p in cli.model.edit.parameters())
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert all(v == v for v in metrics["test"].values())  # finite, not NaN
-    assert (tmp_path / "intervention" / "intervention.json").is_file()
+    assert (resolve_run(tmp_path) / "intervention" / "intervention.json").is_file()
 
 
 def test_w2s_pipeline_on_gpu(tiny_backbone_dir, tmp_path):
@@ -101,6 +102,6 @@ def test_w2s_pipeline_on_gpu(tiny_backbone_dir, tmp_path):
         f"--model.sweep_cache_dir={tmp_path / 'cache'}",
     )  # fmt: skip
     assert next(cli.model.parameters()).device.type == "cuda"
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert metrics["summary"]["label_layers"]
-    assert (tmp_path / "w2s_predictor" / "w2s_predictor.json").is_file()
+    assert (resolve_run(tmp_path) / "w2s_predictor" / "w2s_predictor.json").is_file()

@@ -26,6 +26,7 @@ import torch
 
 from interventions.edits import load_intervention
 from interventions.reporting.artifacts import numbers
+from interventions.reporting.run_folder import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
@@ -58,11 +59,11 @@ def _run_both(config: str, tmp_path: Path, common: list[str], one: list[str], tw
             _fit_in_process([*base, *common, *one])
         else:
             _fit_subprocess([*base, *common, *two, *DDP], tmp_path)
-        assert (run / "metrics.json").is_file(), f"{name}: no metrics.json"
-        assert list((run / "plots").glob("*.png")), f"{name}: no plots"
+        assert (resolve_run(run) / "metrics.json").is_file(), f"{name}: no metrics.json"
+        assert list((resolve_run(run) / "plots").glob("*.png")), f"{name}: no plots"
         runs[name] = run
-    one_m = json.loads((runs["one"] / "metrics.json").read_text())
-    two_m = json.loads((runs["two"] / "metrics.json").read_text())
+    one_m = json.loads((resolve_run(runs["one"]) / "metrics.json").read_text())
+    two_m = json.loads((resolve_run(runs["two"]) / "metrics.json").read_text())
     return one_m, two_m, runs
 
 
@@ -107,11 +108,13 @@ def test_scaling_trains_under_ddp_like_one_process(config, tiny_backbone_dir, tm
         config, tmp_path, common, ["--data.batch_size=8"], ["--data.batch_size=4"]
     )
     # the same two full-batch steps: the same edit and the same final metrics (all prompts)
-    _same_export(runs["one"] / "intervention", runs["two"] / "intervention", 1e-5)
+    _same_export(
+        resolve_run(runs["one"]) / "intervention", resolve_run(runs["two"]) / "intervention", 1e-5
+    )
     _assert_numbers_close(one["test"], two["test"], 1e-4)
     _assert_numbers_close(one["train"], two["train"], 1e-4)
-    assert (runs["two"] / "samples.md").is_file()
-    assert (runs["two"] / "checkpoints" / "last.ckpt").is_file()
+    assert (resolve_run(runs["two"]) / "samples.md").is_file()
+    assert (resolve_run(runs["two"]) / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_caa_sweep_under_ddp_equals_one_process(tiny_backbone_dir, tmp_path):
@@ -125,7 +128,9 @@ def test_caa_sweep_under_ddp_equals_one_process(tiny_backbone_dir, tmp_path):
         [f"--model.sweep_cache_dir={tmp_path / 'c1'}"],
         [f"--model.sweep_cache_dir={tmp_path / 'c2'}"],
     )  # fmt: skip
-    _same_export(runs["one"] / "intervention", runs["two"] / "intervention", 1e-6)
+    _same_export(
+        resolve_run(runs["one"]) / "intervention", resolve_run(runs["two"]) / "intervention", 1e-6
+    )
     _assert_numbers_close(one, two, 1e-6)
     _lists_close(one["test/steerability_per_layer"], two["test/steerability_per_layer"], 1e-6)
     # both ranks wrote their share of the sweep cache: the same chunk files as one process
@@ -150,8 +155,10 @@ def test_w2s_pipeline_under_ddp_equals_one_process(tiny_backbone_dir, tmp_path):
     for key in ("fixed_layer", "label_layers", "top1_layers", "label_counts", "num_examples"):
         assert s1[key] == s2[key], key
     _lists_close(s1["train_steerability_per_layer"], s2["train_steerability_per_layer"], 1e-6)
-    _same_export(runs["one"] / "intervention", runs["two"] / "intervention", 1e-6)
-    assert (runs["two"] / "w2s_predictor" / "w2s_predictor.json").is_file()
+    _same_export(
+        resolve_run(runs["one"]) / "intervention", resolve_run(runs["two"]) / "intervention", 1e-6
+    )
+    assert (resolve_run(runs["two"]) / "w2s_predictor" / "w2s_predictor.json").is_file()
     assert set(two["results"]) == set(one["results"])
 
 
@@ -172,7 +179,9 @@ def test_commonsense_under_ddp_equals_one_process(config, tiny_backbone_dir, tmp
     assert one["num_pairs"] == two["num_pairs"] == 9  # every pair exactly once
     assert one["choice"] == two["choice"]
     _assert_numbers_close(one, two, 1e-6)
-    _same_export(runs["one"] / "intervention", runs["two"] / "intervention", 1e-6)
+    _same_export(
+        resolve_run(runs["one"]) / "intervention", resolve_run(runs["two"]) / "intervention", 1e-6
+    )
     # one writer of the statistics cache, holding all nine pairs
     (cache,) = list((tmp_path / "s2").glob("*.pt"))
     assert torch.load(cache, weights_only=True)["n"] == 9
@@ -202,7 +211,9 @@ def test_attribution_under_ddp_equals_one_process(tiny_backbone_dir, tmp_path):
     _assert_numbers_close(one["test"], two["test"], 1e-5)
     # float32 forwards on 1 vs 2 threads differ in the last bits: the normalised scores agree
     # to 1e-5 (near-zero scores are rounding noise of the patching difference)
-    _same_export(runs["one"] / "intervention", runs["two"] / "intervention", 1e-5)
+    _same_export(
+        resolve_run(runs["one"]) / "intervention", resolve_run(runs["two"]) / "intervention", 1e-5
+    )
 
 
 def test_ddp_spawn_runs_a_computed_method(tiny_backbone_dir, tmp_path):
@@ -219,5 +230,5 @@ def test_ddp_spawn_runs_a_computed_method(tiny_backbone_dir, tmp_path):
         ],
         tmp_path,
     )  # fmt: skip
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(run) / "metrics.json").read_text())
     assert metrics["num_pairs"] == 6

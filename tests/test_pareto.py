@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from interventions.experiments.pareto import FRONTS, main, pareto_mask
+from interventions.reporting.run_folder import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,9 @@ def test_sweep_command(tiny_backbone_dir, tmp_path, capsys):
         assert abs(sum(split_shares.values()) - 1.0) < 1e-9
     assert (out / "pareto.png").stat().st_size > 1000
     steer = json.loads(
-        (out / "steervec_lf1_lm0_m1" / "intervention" / "intervention.json").read_text()
+        (
+            resolve_run(out / "steervec_lf1_lm0_m1") / "intervention" / "intervention.json"
+        ).read_text()
     )
     assert steer["extra"]["hparams"]["lr"] == 0.001  # the per-edit learning rate was applied
     # a second call reuses every finished run

@@ -25,6 +25,7 @@ from interventions.edits import (
     save_intervention,
 )
 from interventions.methods.scaling.module import InterventionModule
+from interventions.reporting.run_folder import resolve_run
 
 # Metrics of a half-precision fit may differ from the 32-true fit by the rounding of its
 # backbone: measured max |difference| 1e-4 (16-true) and 6e-4 (bf16-true) on logit
@@ -65,7 +66,7 @@ def _fit(backbone, root, precision, callbacks=(), **module_kw):
 def fp32_metrics(tiny_backbone_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("fp32")
     _fit(tiny_backbone_dir, root, "32-true")
-    return json.loads((root / "metrics.json").read_text())
+    return json.loads((resolve_run(root) / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("precision", ["16-true", "bf16-true"])
@@ -79,7 +80,7 @@ def test_true_half_precision_fit_is_finite_float32_and_close_to_32_true(
         assert p.dtype == torch.float32
     states = [v for s in trainer.optimizers[0].state.values() for v in s.values()]
     assert states and all(v.dtype == torch.float32 for v in states)  # Adam's moments
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     for split in ("train", "val", "test"):
         got, ref = metrics[split], fp32_metrics[split]
         for name, value in got.items():
@@ -93,7 +94,7 @@ def test_true_half_precision_fit_is_finite_float32_and_close_to_32_true(
     train = metrics["train"]
     assert train["logit_diff_pos"] - train["logit_diff_clean"] > 2e-3
     assert train["logit_diff_neg"] - train["logit_diff_clean"] < -2e-3
-    exported = load_intervention(tmp_path / "intervention")
+    exported = load_intervention(resolve_run(tmp_path) / "intervention")
     assert all(
         torch.isfinite(p).all() and p.dtype == torch.float32 for p in exported.params.values()
     )
@@ -115,7 +116,7 @@ def test_bf16_mixed_final_metrics_equal_the_last_validation(tiny_backbone_dir, t
     """The end-of-fit evaluation runs under the trainer's precision context (autocast here),
     so its val numbers are the last validation epoch's (same parameters, same data)."""
     _, trainer = _fit(tiny_backbone_dir, tmp_path, "bf16-mixed")
-    final = json.loads((tmp_path / "metrics.json").read_text())["val"]
+    final = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())["val"]
     logged = trainer.callback_metrics
     for name in ("effectiveness", "faithfulness", "logit_diff_pos", "logit_diff_neg"):
         assert final[name] == pytest.approx(float(logged[f"val/{name}"]), abs=1e-7, rel=1e-6)
@@ -244,9 +245,9 @@ def test_nan_edit_is_not_exported_and_metrics_are_kept(tiny_backbone_dir, tmp_pa
     assert "Refusing to export the ActivScalar" in message and "attn_out" in message
     assert "precision='16-true'" in message and "precision='32-true'" in message
     assert "metrics.json" in message and "last.ckpt" in message
-    assert (tmp_path / "metrics.json").is_file()  # what was computed before is kept
+    assert (resolve_run(tmp_path) / "metrics.json").is_file()  # what was computed before is kept
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
-    assert not (tmp_path / "intervention").exists()
+    assert not (resolve_run(tmp_path) / "intervention").exists()
     # save_intervention itself refuses too
     module = InterventionModule(backbone=tiny_backbone_dir, num_positions=6)
     with torch.no_grad():
@@ -271,7 +272,10 @@ def test_non_finite_training_stops_at_once(tiny_backbone_dir, tmp_path):
     assert "Training stopped at step" in message and "(epoch 1)" in message
     assert "precision='bf16-true' with backbone dtype bfloat16" in message
     assert "precision='32-true'" in message and "last.ckpt" in message
-    assert not (tmp_path / "intervention").exists() and not (tmp_path / "metrics.json").exists()
+    assert (
+        not (resolve_run(tmp_path) / "intervention").exists()
+        and not (resolve_run(tmp_path) / "metrics.json").exists()
+    )
 
 
 # ------------------------------------------------------------------------------ load on a device

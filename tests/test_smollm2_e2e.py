@@ -9,6 +9,7 @@ from datamodules import IOIDataModule
 from interventions.core.hooks import attach, last_token_logits
 from interventions.edits.artifact import load_intervention
 from interventions.methods.scaling.module import InterventionModule
+from interventions.reporting.run_folder import resolve_run
 
 
 def test_activscalar_learns_to_flip_ioi_on_smollm2(tmp_path):
@@ -34,7 +35,7 @@ def test_activscalar_learns_to_flip_ioi_on_smollm2(tmp_path):
     assert module.edit.num_parameters() == 30 * 2 * 15  # layers x sites x prompt tokens
 
     # the exported edit steers generation: beta=+1 keeps " Mary"-like IO answers, beta=-1 flips
-    edit = load_intervention(tmp_path / "intervention")
+    edit = load_intervention(resolve_run(tmp_path) / "intervention")
     batch = next(iter(dm.train_dataloader()))
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with attach(module.model, edit, beta=-1.0):

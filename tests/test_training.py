@@ -17,6 +17,7 @@ from datamodules import IOIDataModule
 from interventions.core.hooks import attach, last_token_logits
 from interventions.edits.artifact import load_intervention, save_intervention
 from interventions.methods.scaling.module import InterventionModule
+from interventions.reporting.run_folder import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,16 +143,16 @@ def test_checkpoint_has_no_backbone_and_resume_continues(tiny_backbone_dir, tmp_
         assert not torch.equal(p, module.edit.params[site])
     # fit end exported the intervention, metrics and plots into the run folder
     run = tmp_path / "b"
-    assert (run / "intervention" / "intervention.safetensors").is_file()
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert (resolve_run(run) / "intervention" / "intervention.safetensors").is_file()
+    metrics = json.loads((resolve_run(run) / "metrics.json").read_text())
     assert set(metrics) == {"train", "val", "test", "fit_wall_time_s"}
     assert metrics["fit_wall_time_s"] > 0
     assert -1e9 < metrics["test"]["effectiveness"] <= 0
     assert metrics["test"]["num_parameters"] == module.edit.num_parameters()
-    assert (run / "plots" / "heatmap.png").stat().st_size > 1000
-    assert (run / "plots" / "logits_vs_beta.png").stat().st_size > 1000
+    assert (resolve_run(run) / "plots" / "heatmap.png").stat().st_size > 1000
+    assert (resolve_run(run) / "plots" / "logits_vs_beta.png").stat().st_size > 1000
     # steered text of the first num_samples (default 4) test prompts at beta = +1, 0, -1
-    samples = (run / "samples.md").read_text()
+    samples = (resolve_run(run) / "samples.md").read_text()
     assert samples.count("## Prompt") == 4
     assert samples.count("| +1 |") == samples.count("| +0 |") == samples.count("| -1 |") == 4
 
@@ -247,13 +248,14 @@ def test_train_py_fit_subprocess(tiny_backbone_dir, tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (run / "config.yaml").is_file()
-    assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert (run / "intervention" / "intervention.json").is_file()
-    assert list((run / "wandb").glob("offline-run-*"))
-    meta = json.loads((run / "intervention" / "intervention.json").read_text())
+    assert (resolve_run(run) / "config.yaml").is_file()
+    assert (resolve_run(run) / "checkpoints" / "last.ckpt").is_file()
+    assert (resolve_run(run) / "intervention" / "intervention.json").is_file()
+    assert list((resolve_run(run) / "wandb").glob("offline-run-*"))
+    assert (run / "latest").resolve() == (run / "version_0").resolve()
+    meta = json.loads((resolve_run(run) / "intervention" / "intervention.json").read_text())
     assert meta["type"] == "activscalar" and meta["backbone"] == tiny_backbone_dir
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(resolve_run(run) / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     # --print_config works and shows the linked backbone
     printed = subprocess.run(
@@ -290,7 +292,7 @@ def test_every_config_runs(config, tiny_backbone_dir, tmp_path):
     assert cli.datamodule.backbone == tiny_backbone_dir  # linked to model.backbone
     cli.trainer.fit(cli.model, cli.datamodule)
     assert cli.trainer.global_step == 1
-    meta = json.loads((tmp_path / "intervention" / "intervention.json").read_text())
+    meta = json.loads((resolve_run(tmp_path) / "intervention" / "intervention.json").read_text())
     assert meta["type"] == cli.model.hparams.edit
 
 
@@ -299,7 +301,7 @@ def test_fit_with_plain_dataloaders_still_exports(tiny_backbone_dir, tmp_path):
     module = InterventionModule(backbone=tiny_backbone_dir, num_positions=dm.prompt_length)
     _trainer(tmp_path, max_steps=1).fit(module, dm.train_dataloader(), dm.val_dataloader())
     assert (
-        load_intervention(tmp_path / "intervention").num_parameters()
+        load_intervention(resolve_run(tmp_path) / "intervention").num_parameters()
         == module.edit.num_parameters()
     )
-    assert not (tmp_path / "metrics.json").exists()
+    assert not (resolve_run(tmp_path) / "metrics.json").exists()

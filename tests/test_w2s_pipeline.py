@@ -19,6 +19,7 @@ from interventions.methods.w2s import (
     frequency_smoothed_labels,
     load_predictor,
 )
+from interventions.reporting.run_folder import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,14 +134,14 @@ def test_caa_sweep_config(tiny_backbone_dir, tmp_path):
         tmp_path,
         f"--model.sweep_cache_dir={tmp_path / 'cache'}",
     )
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert metrics["num_train"] == 12 and metrics["num_test"] == 15
     per_layer = metrics["train/steerability_per_layer"]
     assert metrics["fixed_layer"] == max(range(3), key=per_layer.__getitem__)
-    edit = load_intervention(tmp_path / "intervention")
+    edit = load_intervention(resolve_run(tmp_path) / "intervention")
     torch.testing.assert_close(edit.params["resid_post"][:, 0], cli.model.vectors)
-    assert (tmp_path / "plots" / "steerability_per_layer.png").is_file()
-    assert (tmp_path / "plots" / "best_layers.png").is_file()
+    assert (resolve_run(tmp_path) / "plots" / "steerability_per_layer.png").is_file()
+    assert (resolve_run(tmp_path) / "plots" / "best_layers.png").is_file()
 
 
 @pytest.mark.parametrize("steering", ["caa", "l2s"])
@@ -154,7 +155,7 @@ def test_w2s_configs_run_end_to_end(steering, tiny_backbone_dir, tmp_path):
         "--model.l2s_steps=50",
     )
     data = cli.model.data
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert set(metrics["results"]) == {"base", "sys_pos", "sys_neg", "user_pos", "user_neg", "val"}
     base = metrics["results"]["base"]
     test = data.tables["test/base"]
@@ -164,14 +165,14 @@ def test_w2s_configs_run_end_to_end(steering, tiny_backbone_dir, tmp_path):
     # the oracle is the per-example best layer: an upper bound of both
     assert base["oracle"]["steerability"] >= base["w2s"]["steerability"] - 1e-6
     assert base["oracle"]["steerability"] >= base["fixed"]["steerability"] - 1e-6
-    loaded = load_predictor(tmp_path / "w2s_predictor")
+    loaded = load_predictor(resolve_run(tmp_path) / "w2s_predictor")
     assert torch.equal(
         loaded.predict_layer(test["embedding"]), cli.model.predict_layer(test["embedding"]).cpu()
     )
     assert loaded.encoder_config["encoder"] == "minilm"
     for plot in ("steerability_per_layer", "best_layers", "fixed_vs_w2s"):
-        assert (tmp_path / "plots" / f"{plot}.png").is_file()
-    assert (tmp_path / "intervention").is_dir() == (steering == "caa")
+        assert (resolve_run(tmp_path) / "plots" / f"{plot}.png").is_file()
+    assert (resolve_run(tmp_path) / "intervention").is_dir() == (steering == "caa")
 
 
 def test_results_table_aggregation():

@@ -6,7 +6,7 @@ with a learned one (``runs/<task>/activscalar/intervention`` from
 ``configs/<task>/activscalar.yaml``) on the test split of the same data settings::
 
     python -m interventions.experiments.attribution_table --task ioi
-    python -m interventions.experiments.attribution_table --task ccc --learned runs/ccc/activscalar/intervention
+    python -m interventions.experiments.attribution_table --task ccc --learned runs/ccc/activscalar/latest/intervention
 
 Everything after ``--`` is passed to every ``train.py fit`` and to the data module / backbone the
 comparison builds from the config (e.g. ``-- --data.num_test 50``).
