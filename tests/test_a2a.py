@@ -517,7 +517,7 @@ def test_a2a_module_fits_on_the_extraversion_contrast(tiny_backbone_dir, tmp_pat
     assert torch.all((test_acc * num_test - (test_acc * num_test).round()).abs() < 1e-9)
 
     # the graph: one merged graph over the training split; the A2A scores are its layer scores
-    graph = AttributionGraph.load(tmp_path / "graph.safetensors")
+    graph = AttributionGraph.load(resolve_run(tmp_path) / "graph.safetensors")
     assert graph.num_examples == num_train and graph.steps == 2
     for m, scores in layer_scores(graph).items():
         assert metrics["layer_scores"][f"a2a_{m}"] == pytest.approx(scores.tolist(), rel=1e-6)

@@ -467,7 +467,7 @@ def test_fit_every_method_and_the_comparison_table(tiny_backbone_dir, tmp_path):
             read_intervention_config(resolve_run(run) / "intervention")["extra"]["beta"]
             == metrics["beta"]
         )
-        scores = load_file(str(run / "scores.safetensors"))
+        scores = load_file(str(resolve_run(run) / "scores.safetensors"))
         scale = max(float(v.abs().max()) for v in scores.values())
         for s in ("attn_out", "mlp_out"):
             expected = A.ALPHA_SIGN[method] * scores[s] / scale
