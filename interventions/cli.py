@@ -44,11 +44,12 @@ class RunConfigCallback(SaveConfigCallback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit" or self.already_saved:
             return
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # into the run folder, whatever folder a logger keeps
             run = Path(trainer.default_root_dir)
             run.mkdir(parents=True, exist_ok=True)
-            self.config_filename = unique_path(run / "config.yaml").name
-        super().setup(trainer, pl_module, stage)
+            path = unique_path(run / self.config_filename)
+            self.parser.save(self.config, str(path), skip_none=False, multifile=self.multifile)
+        self.already_saved = True
 
 
 def _external_launch() -> bool:
@@ -92,9 +93,9 @@ class InterventionCLI(LightningCLI):
         logger = trainer.get("logger")
         if isinstance(logger, dict) or hasattr(logger, "get"):
             init = logger.get("init_args")
+            if init is not None and init.get("save_dir") in (None, "", ".", str(root)):
+                init["save_dir"] = str(folder)  # any logger: inside this run's folder
             if init is not None and "WandbLogger" in str(logger.get("class_path", "")):
-                if init.get("save_dir") in (None, "", ".", str(root)):
-                    init["save_dir"] = str(folder)
                 if not init.get("name"):
                     init["name"] = f"{root.name}/{folder.name}"
 

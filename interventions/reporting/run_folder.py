@@ -142,8 +142,9 @@ def resolve_run(path: str | Path) -> Path:
 
 
 def version_folder_of(path: str | Path) -> Path | None:
-    """The ``version_N`` folder a file (e.g. ``version_3/checkpoints/last.ckpt``) lies in."""
-    for parent in Path(path).resolve().parents:
+    """The ``version_N`` folder a path is or lies in (e.g. ``version_3/checkpoints/last.ckpt``)."""
+    path = Path(path).resolve()
+    for parent in (path, *path.parents):
         if _VERSION.match(parent.name):
             return parent
     return None
