@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from interventions.edits import load_intervention  # noqa: E402
-from interventions.reporting.artifacts import numbers
+from interventions.reporting.artifacts import numbers  # noqa: E402
 from interventions.reporting.run_folder import resolve_run  # noqa: E402
 
 JOBS = {

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 from interventions.experiments.runner import fit_run_folder, split_passthrough
 
