@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from interventions.core.backbone import load_tokenizer
 from interventions.core.batch import ContrastiveCollator, ContrastiveExample
+from interventions.core.errors import ConfigError
 
 __all__ = [
     "ContrastiveCollator",
@@ -222,11 +223,28 @@ class ContrastiveDataModule(LightningDataModule):
         return list(self._ensure_setup()["test"])
 
     def setup(self, stage: str | None = None) -> None:
-        """Build, validate, filter and split the examples (only the first call does work)."""
-        if self._splits is not None:
-            return
+        """Build, validate, filter and split the examples (only the first call does work).
+
+        Raises:
+            ConfigError: :meth:`build_examples` returned no examples, or ``stage`` is ``"fit"``
+                and the training split is empty (e.g. ``num_train=0``, which only suits
+                ``validate`` / ``test``).
+        """
+        if self._splits is None:
+            self._build_splits()
+        if stage == "fit":
+            self._check_train_split()
+
+    def _build_splits(self) -> None:
         name = type(self).__name__
         examples = self.build_examples()
+        if not examples:
+            raise ConfigError(
+                f"{name}.build_examples() returned no examples, so there is nothing to split "
+                f"into train/val/test. Check the task data it reads (under "
+                f"{self.resolved_data_dir}) and its filters; a subclass must return at least one "
+                "ContrastiveExample."
+            )
         self._validate(examples)
         lengths = self.token_lengths([ex.prompt for ex in examples])
 
@@ -279,7 +297,9 @@ class ContrastiveDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (the shuffle order is seeded by ``seed``)."""
+        """Shuffled training batches (the shuffle order is seeded by ``seed``); a clear
+        :class:`~interventions.core.errors.ConfigError` when the training split is empty."""
+        self._check_train_split()
         generator = torch.Generator().manual_seed(self.seed)
         return self._loader("train", shuffle=True, generator=generator)
 
@@ -292,6 +312,26 @@ class ContrastiveDataModule(LightningDataModule):
         return self._loader("test", shuffle=False)
 
     # ------------------------------------------------------------------ internals
+    def _check_train_split(self) -> None:
+        """Refuse to fit on an empty training split, naming what to change."""
+        if self._ensure_setup()["train"]:
+            return
+        name = type(self).__name__
+        if type(self).split_sizes is ContrastiveDataModule.split_sizes:
+            fix = (
+                f"num_train={self.num_train} leaves no training examples: set num_train >= 1 "
+                "(YAML: data.init_args.num_train, command line: --data.num_train N)"
+            )
+        else:
+            fix = (
+                f"{name}.split_sizes() gave 0 training examples of {self._num_available} "
+                "available: raise its training share (e.g. train_fraction) or give it more data"
+            )
+        raise ConfigError(
+            f"{name} has an empty training split, so there is nothing to fit on: {fix}. "
+            "An empty training split only suits validate / test."
+        )
+
     def _ensure_setup(self) -> dict[str, list[ContrastiveExample]]:
         if self._splits is None:
             self.setup()

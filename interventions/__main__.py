@@ -12,14 +12,30 @@ import sys
 from interventions.commands import generate
 
 COMMANDS = {"generate": generate}
+SUMMARIES = {
+    "generate": "greedy continuations of prompts with an exported intervention at several betas",
+}
+HELP_FLAGS = ("-h", "--help")
+
+
+def usage() -> str:
+    """The text of ``python -m interventions --help``: the usage line and every command."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m interventions <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {SUMMARIES.get(name, '')}" for name in sorted(COMMANDS)]
+    lines += ["", "Run `python -m interventions <command> --help` for the options of a command."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in HELP_FLAGS:
+        print(usage())
+        return
     if not argv or argv[0] not in COMMANDS:
         known = ", ".join(sorted(COMMANDS))
-        given = repr(argv[0]) if argv else "no command"
-        raise SystemExit(f"python -m interventions: {given}; commands: {known}.\n{__doc__}")
+        given = f"unknown command {argv[0]!r}" if argv else "no command given"
+        raise SystemExit(f"python -m interventions: {given}; commands: {known}.\n\n{usage()}")
     COMMANDS[argv[0]](argv[1:])
 
 

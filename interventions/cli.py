@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from interventions.core.errors import find_config_error
 from interventions.reporting.run_folder import (
     RUN_FOLDER_ENV,
     claim_version,
@@ -180,5 +182,26 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> InterventionCL
 
 
 def main(args: list[str] | None = None) -> InterventionCLI:
-    """Run the CLI (``train.py`` calls this)."""
-    return build_cli(args)
+    """Run the CLI (``train.py`` calls this).
+
+    A configuration error (:class:`~interventions.core.errors.ConfigError`: an unknown site or
+    backbone, an unsupported architecture, an empty training split), also one jsonargparse
+    wrapped while building the model or data module, ends the run with its one-line message and
+    exit status 1 instead of a traceback; the run folder claimed for it is removed while empty.
+    """
+    try:
+        return build_cli(args)
+    except Exception as err:
+        config_error = find_config_error(err)
+        if config_error is None:
+            raise
+        _remove_empty_run_folder()
+        raise SystemExit(f"error: {config_error}") from None
+
+
+def _remove_empty_run_folder() -> None:
+    """Remove this run's version folder if nothing was written into it."""
+    folder = os.environ.get(RUN_FOLDER_ENV)
+    if folder and _is_rank_zero():
+        with contextlib.suppress(OSError):  # not empty, or already gone: keep it
+            Path(folder).rmdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -17,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from interventions.core import backbone
+from interventions.core import backbone, hub
 from interventions.core.backbone import (
     ALIASES,
     DEFAULT_BACKBONE,
@@ -28,6 +29,7 @@ from interventions.core.backbone import (
     load_tokenizer,
     resolve_backbone,
 )
+from interventions.core.errors import BackboneNotFoundError, ConfigError
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -89,11 +91,87 @@ def test_bad_arguments_raise_clear_errors(tiny_dir, tmp_path):
 
 
 def test_unknown_name_offline_lists_aliases(monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast
-    assert resolve_backbone("no-such-org/no-such-model") == "no-such-org/no-such-model"
-    for load in (load_tokenizer, load_backbone):
-        with pytest.raises(OSError, match="smollm2-135m-instruct.*internet"):
+    """Offline, a Hub name the HF cache lacks fails at once (no Hub retries), naming the name,
+    the aliases and what to do; an OSError as before."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    for load in (resolve_backbone, load_tokenizer, load_backbone):
+        start = time.monotonic()
+        with pytest.raises(OSError, match="smollm2-135m-instruct.*internet") as info:
             load("no-such-org/no-such-model")
+        assert time.monotonic() - start < 10
+        message = str(info.value)
+        assert isinstance(info.value, BackboneNotFoundError) and "\n" not in message
+        assert "'no-such-org/no-such-model'" in message and "HF_HUB_OFFLINE" in message
+        assert "Hugging Face cache" in message
+
+
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("smollm2-135m-instrcut", "Did you mean 'smollm2-135m-instruct'?"),
+        ("gpt-tiny", "not an alias ('smollm2-135m-instruct')"),
+    ],
+)
+def test_mistyped_backbone_name_fails_fast_with_the_aliases(monkeypatch, name, hint):
+    """A name that is no alias, no folder, not in the HF cache and not of the Hub's owner/name
+    form fails at once (without asking the Hub: online or not) and suggests the nearest alias."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: pytest.fail("asked the Hub"))
+    for load in (resolve_backbone, load_tokenizer, load_backbone):
+        start = time.monotonic()
+        with pytest.raises(BackboneNotFoundError) as info:
+            load(name)
+        assert time.monotonic() - start < 10
+        message = str(info.value)
+        assert isinstance(info.value, ConfigError) and isinstance(info.value, FileNotFoundError)
+        assert "\n" not in message and repr(name) in message and hint in message
+        assert "owner/name" in message
+
+
+def test_hub_name_unreachable_fails_fast_and_reachable_is_passed_on(monkeypatch):
+    """A Hub name (owner/name) not in the cache: refused at once when the Hub cannot be reached,
+    passed on unchanged to transformers when it can (users with internet load Hub models); the
+    real reachability check answers quickly either way."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    start = time.monotonic()
+    assert isinstance(hub.hub_reachable(), bool)
+    assert time.monotonic() - start < 10
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
+    with pytest.raises(BackboneNotFoundError, match="'someorg/some-model'.*cannot be reached"):
+        resolve_backbone("someorg/some-model")
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: True)
+    assert resolve_backbone("someorg/some-model") == "someorg/some-model"
+
+
+def test_hub_name_in_the_hf_cache_is_passed_on_offline(monkeypatch, tmp_path):
+    """A name the HF cache holds (owner/name or a bare legacy name) is left to transformers,
+    which loads it from the cache offline."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    for repo in ("someorg/cached-model", "gpt2"):
+        folder = tmp_path / ("models--" + repo.replace("/", "--"))
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text("abc123")
+        (folder / "snapshots" / "abc123").mkdir(parents=True)
+        (folder / "snapshots" / "abc123" / "config.json").write_text("{}")
+        assert resolve_backbone(repo) == repo
+
+
+def test_unsupported_architecture_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    """A folder whose config.json names an architecture the sites table lacks is refused from
+    that file alone (no tokenizer or weights are read), in one line naming the model type, the
+    supported families and where to add a row."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "opt"}))  # nothing else
+    with pytest.raises(ConfigError) as info:
+        load_backbone(str(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message and repr(str(tmp_path)) in message and "'opt'" in message
+    assert "gpt2 (gpt2)" in message and "llama (llama, mistral, qwen2, qwen3)" in message
+    assert "add a row to ARCHITECTURES in interventions/core/sites.py" in message
+    # a multimodal checkpoint whose text model the table serves is let through to the load
+    config = {"model_type": "gemma3", "text_config": {"model_type": "gemma3_text"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    hub.check_architecture(str(tmp_path), "gemma3-folder")
 
 
 def test_pad_token_fallbacks(tiny_dir, tmp_path):

@@ -9,6 +9,7 @@ from datamodules import CCCDataModule, ContrastiveDataModule, ContrastiveExample
 from datamodules.base import default_data_dir
 from datamodules.ccc import BUILTIN_CAPITALS, CCC_TEMPLATES
 from interventions.core.backbone import load_tokenizer
+from interventions.core.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(
     not (default_data_dir() / "ioi").is_dir(), reason="../shared/data is not available"
@@ -233,3 +234,43 @@ def test_hparams_hold_the_config():
     dm = IOIDataModule(templates=[0, 11], seed=3)
     assert dm.hparams["templates"] == [0, 11] and dm.hparams["seed"] == 3
     assert CCCDataModule(template="alt").hparams["template"] == "alt"
+
+
+def test_empty_training_split_is_refused_clearly_when_fitting():
+    """num_train=0 is fine for validate / test, but fitting (setup("fit") or the train
+    dataloader) gets a one-line ConfigError naming the datamodule and what to set, not
+    torch's num_samples=0 error from the sampler."""
+    dm = IOIDataModule(num_train=0, num_val=4, num_test=4)
+    dm.setup("test")
+    assert len(dm.test_examples) == 4 and len(dm.val_examples) == 4
+    assert len(dm.test_dataloader()) == 1
+    for fit in (dm.train_dataloader, lambda: dm.setup("fit")):
+        with pytest.raises(ConfigError) as info:
+            fit()
+        message = str(info.value)
+        assert "\n" not in message and "num_samples" not in message
+        assert "IOIDataModule" in message and "num_train=0" in message
+        assert "num_train >= 1" in message and "--data.num_train" in message
+
+
+def test_build_examples_that_returns_nothing_is_a_clear_error():
+    class Nothing(ContrastiveDataModule):
+        def build_examples(self) -> list[ContrastiveExample]:
+            return []
+
+    with pytest.raises(ConfigError) as info:
+        Nothing(num_train=1, num_val=0, num_test=0).setup("fit")
+    message = str(info.value)
+    assert "\n" not in message and "Nothing.build_examples() returned no examples" in message
+
+
+def test_split_sizes_override_with_no_training_share_names_it():
+    class NoTrain(ContrastiveDataModule):
+        def build_examples(self) -> list[ContrastiveExample]:
+            return [ContrastiveExample("The capital of France is", " Paris", " Rome")]
+
+        def split_sizes(self, available: int) -> tuple[int, int, int]:
+            return 0, 0, available
+
+    with pytest.raises(ConfigError, match=r"NoTrain.split_sizes\(\) gave 0 training examples"):
+        NoTrain().train_dataloader()

@@ -50,7 +50,8 @@ def _edits(model) -> list:
     dims = model_dims(model)
     return [
         ActivScalar(dims, sites=SITES, positions="last", init_std=0.3),
-        SteerVec(dims, sites=SITES, positions="all", num_positions=7, init_std=0.3),
+        # prompt positions as a list: positions="all" would refuse the prompts shorter than 7
+        SteerVec(dims, sites=SITES, positions=list(range(7)), init_std=0.3),
     ]
 
 

@@ -78,6 +78,26 @@ def test_generate_runs_as_a_module_from_the_shell(tiny_backbone_dir, tmp_path):
     assert bad.returncode != 0 and "commands: generate" in bad.stderr
 
 
+def test_module_help_lists_the_commands(capsys):
+    """``python -m interventions --help`` / ``-h`` exit 0 with the usage and every command; an
+    unknown command still exits nonzero with the list."""
+    from interventions.__main__ import COMMANDS
+    from interventions.__main__ import main as module_main
+
+    for flag in ("--help", "-h"):
+        module_main([flag])  # returns normally: exit status 0
+        out = capsys.readouterr().out
+        assert "usage: python -m interventions <command>" in out
+        assert all(name in out for name in COMMANDS)
+    with pytest.raises(SystemExit) as info:
+        module_main(["steer"])
+    assert "unknown command 'steer'; commands: generate" in str(info.value.code)
+    done = subprocess.run(
+        [sys.executable, "-m", "interventions", "-h"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "generate" in done.stdout, done.stderr
+
+
 def test_w2s_predictor_picks_the_layer(tiny_backbone_dir, tmp_path):
     """With --predictor, each prompt is steered at its predicted layer only."""
     model, tok = load_backbone(tiny_backbone_dir)

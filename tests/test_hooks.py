@@ -9,6 +9,7 @@ import torch
 from conftest import ARCHS, random_batch, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
+from interventions.core.errors import ConfigError
 from interventions.core.hooks import (
     attach,
     keep_last_column,
@@ -18,7 +19,7 @@ from interventions.core.hooks import (
     record,
 )
 from interventions.core.kv_cache import cache_keyword, output_cache
-from interventions.core.sites import SITES, model_dims, site_module
+from interventions.core.sites import SITES, check_sites, model_dims, site_module
 from interventions.edits import ActivScalar, AUScale, AUShift, DynScalar, SteerVec
 
 
@@ -142,7 +143,9 @@ class _Spy:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda d: ActivScalar(d, sites=["attn_out", "mlp_out"], positions="all", num_positions=6),
+        # the prompts have 6 and 4 tokens: prompt positions as a list (positions="all" would
+        # refuse the 4-token prompt, see test_position_tied_edit_refuses_other_prompt_lengths)
+        lambda d: ActivScalar(d, sites=["attn_out", "mlp_out"], positions=list(range(6))),
         lambda d: SteerVec(d, sites=["resid_post"], positions="last"),
         lambda d: DynScalar(d, sites=["mlp_out", "attn_z"], positions="all"),
     ],
@@ -184,8 +187,8 @@ def test_generate_with_cache_equals_loop_without_cache(arch, make):
 
 
 EDIT_TYPES = {
-    "activscalar-prompt": lambda d: ActivScalar(
-        d, sites=["attn_out", "mlp_out"], positions="all", num_positions=6
+    "activscalar-prompt": lambda d: ActivScalar(  # prompts of 6 and 4 tokens: a position list
+        d, sites=["attn_out", "mlp_out"], positions=list(range(6))
     ),
     "steervec-last": lambda d: SteerVec(d, sites=["resid_post"], positions="last"),
     "dynscalar-every": lambda d: DynScalar(d, sites=["mlp_out", "attn_z"], positions="all"),
@@ -317,6 +320,78 @@ def test_errors(llama):
     with pytest.raises(ValueError, match="llama with 3 layers.*llama with 2 layers"):
         with attach(smaller, edit):
             pass
+
+
+def test_site_names_one_line_errors_with_a_suggestion(llama):
+    """A single site name works like a one-item list; an unknown name is a one-line ConfigError
+    that names it, lists the valid sites and suggests the nearest; so is an unknown
+    architecture, which names the model type, the families and the file to add a row to."""
+    dims = model_dims(llama)
+    assert check_sites("attn_out") == ["attn_out"]
+    assert check_sites(["mlp_out", "attn_out", "mlp_out"]) == ["mlp_out", "attn_out"]
+    assert ActivScalar(dims, sites="attn_out", positions="last").sites == ["attn_out"]
+    assert DynScalar(dims, sites="mlp_act").points() == [(i, "mlp_act") for i in range(3)]
+    with pytest.raises(ConfigError) as info:
+        ActivScalar(dims, sites=["attn_out", "mlp"], positions="last")
+    message = str(info.value)
+    assert "\n" not in message and "'mlp'" in message and "Did you mean 'mlp_out'" in message
+    assert all(site in message for site in SITES)
+    with pytest.raises(ConfigError, match="Unknown site 'atn_z'.*Did you mean 'attn_z'"):
+        SteerVec(dims, sites="atn_z", positions="last")
+    with pytest.raises(ConfigError, match="sites is empty"):
+        check_sites([])
+    bert_like = torch.nn.Linear(2, 2)
+    bert_like.config = type("C", (), {"model_type": "bert"})()
+    with pytest.raises(ConfigError) as info:
+        model_dims(bert_like)
+    message = str(info.value)
+    assert "\n" not in message and "'bert'" in message
+    assert "llama (llama, mistral, qwen2, qwen3)" in message and "gemma" in message
+    assert "add a row to ARCHITECTURES in interventions/core/sites.py" in message
+
+
+@pytest.mark.parametrize("kind", [ActivScalar, SteerVec])
+def test_position_tied_edit_refuses_other_prompt_lengths(llama, kind):
+    """attach refuses prompts of another length than a positions="all" edit was made for, in a
+    plain call and under generate() (naming both lengths), and checks the prefill only: cached
+    decoding steps and a growing no-cache loop continue the prompt and are not refused."""
+    edit = _fill(kind(model_dims(llama), sites=["attn_out"], positions="all", num_positions=6))
+    ids, mask, _ = random_batch(2, [4, 7], "left", seed=2)
+    with pytest.raises(ValueError, match=r"each of 6 prompt positions.*\[4, 7\] tokens"):
+        with attach(llama, edit, beta=1.0):
+            llama(input_ids=ids, attention_mask=mask)
+    with pytest.raises(ValueError, match=r"each of 6 prompt positions.*\[7\] tokens"):
+        with attach(llama, edit, beta=1.0):
+            llama.generate(input_ids=ids[1:], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    # two 6-token prompts, left padded by one extra column: real tokens are what count
+    ids, mask, _ = random_batch(2, [6, 6], "left", seed=2)
+    ids = torch.cat([torch.zeros_like(ids[:, :1]), ids], 1)
+    mask = torch.cat([torch.zeros_like(mask[:, :1]), mask], 1)
+    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with attach(llama, edit, beta=1.0):
+        steered = llama.generate(input_ids=ids, attention_mask=mask, **gen)
+    assert steered.shape == (2, 7 + 4)
+    with attach(llama, edit, beta=1.0):  # no cache: re-run the growing sequence in one block
+        seq, seq_mask = ids, mask
+        for _ in range(4):
+            logits = llama(
+                input_ids=seq,
+                attention_mask=seq_mask,
+                position_ids=position_ids(seq_mask),
+                use_cache=False,
+            ).logits[:, -1]
+            seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], 1)
+            seq_mask = torch.cat([seq_mask, torch.ones_like(seq_mask[:, :1])], 1)
+    assert torch.equal(seq, steered)
+    # other edits take prompts of any length
+    for other in (
+        DynScalar(model_dims(llama), sites="attn_out"),
+        kind(model_dims(llama), sites="attn_out", positions="last"),
+        kind(model_dims(llama), sites="attn_out", positions=[0, 1], num_positions=6),
+    ):
+        ids, mask, _ = random_batch(2, [4, 7], "left", seed=2)
+        with attach(llama, other, beta=1.0):
+            llama(input_ids=ids, attention_mask=mask)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -305,3 +305,80 @@ def test_fit_with_plain_dataloaders_still_exports(tiny_backbone_dir, tmp_path):
         == module.edit.num_parameters()
     )
     assert not (resolve_run(tmp_path) / "metrics.json").exists()
+
+
+def test_sites_are_checked_before_the_backbone_loads(tiny_backbone_dir, monkeypatch):
+    """One site name is accepted like a one-item list; an unknown site is a one-line ConfigError
+    (with the nearest valid name) raised before any backbone is loaded, in every module that
+    takes sites."""
+    from interventions.core import backbone as backbone_module
+    from interventions.core.errors import ConfigError
+    from interventions.methods.attribution.module import AttributionScalarModule
+
+    module = _module(tiny_backbone_dir, sites="attn_out")
+    assert module.sites == ["attn_out"] and module.edit.sites == ["attn_out"]
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the backbone was loaded before the sites were checked")
+
+    monkeypatch.setattr(backbone_module, "load_backbone_from", no_load)
+    for make in (
+        lambda: InterventionModule(backbone=tiny_backbone_dir, sites=["attn_out", "mlp"]),
+        lambda: AttributionScalarModule(backbone=tiny_backbone_dir, sites=["attn_out", "mlp"]),
+    ):
+        with pytest.raises(ConfigError) as info:
+            make()
+        message = str(info.value)
+        assert "\n" not in message and "'mlp'" in message and "Did you mean 'mlp_out'" in message
+    with pytest.raises(ConfigError, match="site 'attn_z' is not supported"):
+        AttributionScalarModule(backbone=tiny_backbone_dir, sites="attn_z")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.sites=[attn_out, mlp]"], "Unknown site 'mlp'"),
+        (["--model.backbone=smollm2-135m-instrcut"], "Did you mean 'smollm2-135m-instruct'"),
+        (["--data.num_train=0"], "IOIDataModule has an empty training split"),
+    ],
+)
+def test_cli_config_errors_are_found_under_jsonargparse(
+    tiny_backbone_dir, tmp_path, args, expected
+):
+    """Through the CLI, a bad site or backbone (raised while jsonargparse builds the model) and
+    an empty training split (raised by fit) are a ConfigError that find_config_error digs out of
+    jsonargparse's wrapper, for the CLI's main() to print as one line."""
+    from interventions.cli import build_cli
+    from interventions.core.errors import find_config_error
+
+    base = [
+        "fit", "--config", str(ROOT / "configs" / "ioi" / "activscalar.yaml"),
+        f"--model.backbone={tiny_backbone_dir}", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        "--data.num_train=4", "--data.num_val=2", "--data.num_test=2",
+    ]  # fmt: skip
+    with pytest.raises(Exception) as info:
+        build_cli(base + args)
+    found = find_config_error(info.value)
+    assert found is not None, info.value
+    assert expected in str(found) and "\n" not in str(found)
+
+
+def test_cli_refuses_an_unsupported_architecture_in_one_line(tmp_path):
+    from interventions.cli import build_cli
+    from interventions.core.errors import find_config_error
+
+    backbone = tmp_path / "opt"
+    backbone.mkdir()
+    (backbone / "config.json").write_text(json.dumps({"model_type": "opt"}))
+    args = [
+        "fit", "--config", str(ROOT / "configs" / "ioi" / "activscalar.yaml"),
+        f"--model.backbone={backbone}", f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        "--trainer.logger=false",
+    ]  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        build_cli(args)
+    found = find_config_error(info.value)
+    assert found is not None and "\n" not in str(found)
+    assert "'opt' (config.model_type)" in str(found)
+    assert "add a row to ARCHITECTURES in interventions/core/sites.py" in str(found)

@@ -12,6 +12,9 @@ A backbone is named by one of three things, resolved by :func:`resolve_backbone`
   looks valid; leftovers of a crashed build are removed by the next build.
 * a **local folder** written by ``save_pretrained`` (model and tokenizer side by side);
 * anything else is passed to transformers as a **Hub name** (needs internet or the HF cache).
+  A name that cannot load here fails at once (:func:`~interventions.core.hub.check_hub_name`):
+  one not of the form ``owner/name`` and not in the HF cache, or one the cache lacks while the
+  Hub is offline or unreachable; the error suggests the nearest alias.
 
 :func:`load_backbone` returns ``(model, tokenizer)`` with every weight frozen, the model in
 eval mode, an optional PEFT adapter merged into the weights, and a pad token guaranteed;
@@ -60,7 +63,9 @@ from interventions.core.dispatch import (
     is_dispatched,
     placement_kwargs,
 )
+from interventions.core.errors import BackboneNotFoundError
 from interventions.core.hooks import checkpoint_layers
+from interventions.core.hub import check_architecture, check_hub_name
 
 try:  # POSIX only; without it concurrent first builds are still safe, only duplicated.
     import fcntl
@@ -185,11 +190,14 @@ def resolve_backbone(name: str) -> str:
     * an alias of :data:`ALIASES` -> its local cached safetensors folder (built on first use);
     * an existing local folder -> itself (``~`` expanded);
     * anything else is taken as a Hugging Face Hub name and returned unchanged (loading it needs
-      internet or the HF cache).
+      internet or the HF cache), once :func:`~interventions.core.hub.check_hub_name` has found
+      that it can load: in the HF cache, or of the form ``owner/name`` with the Hub reachable.
 
     Raises:
         FileNotFoundError: ``name`` looks like a filesystem path (absolute, or starting with
             ``.`` or ``~``) but is not an existing folder.
+        BackboneNotFoundError: (a ``FileNotFoundError``) ``name`` cannot be a Hub model that
+            loads here; the message suggests the nearest alias.
         ModuleNotFoundError: the package holding an alias' GGUF is missing and no cache exists.
     """
     if name in ALIASES:
@@ -205,10 +213,11 @@ def resolve_backbone(name: str) -> str:
             "interventions.core.backbone.ALIASES."
         )
     if os.path.isabs(expanded) or name.startswith((".", "~")):
-        raise FileNotFoundError(
+        raise BackboneNotFoundError(
             f"Backbone folder {name!r} does not exist. Pass an existing folder written by "
             f"save_pretrained, an alias ({_alias_list()}), or a Hugging Face Hub name."
         )
+    check_hub_name(name, ALIASES)
     return name
 
 
@@ -269,6 +278,10 @@ def load_backbone(
         ``(model, tokenizer)``: the model in eval mode with ``requires_grad=False`` on every
         parameter and ``config.pad_token_id`` set from the tokenizer; the tokenizer as from
         :func:`load_tokenizer`.
+
+    Raises:
+        ConfigError: the backbone's ``config.model_type`` has no row in the sites table (read
+            from ``config.json`` before the tokenizer or weights load).
     """
     torch_dtype = _parse_dtype(dtype)
     _check_padding_side(padding_side)
@@ -280,6 +293,7 @@ def load_backbone(
         )
     placement = placement_kwargs(device_map, max_memory, offload_folder, adapter)
     resolved = resolve_backbone(name)
+    check_architecture(resolved, name)
     tokenizer = _load_tokenizer(resolved, name, padding_side)
     model = _from_pretrained(
         AutoModelForCausalLM, resolved, name, dtype=torch_dtype, **placement, **NO_HUB_KERNELS

@@ -8,7 +8,9 @@ left padding, right padding and batch size never change which token an edit touc
 
 Generation with the KV cache is handled the same way: a decoding step sees only the new token
 but the full attention mask, so its position is still counted correctly.  Edits tied to prompt
-positions apply at prefill (a generated token's position lies past the prompt); edits defined on
+positions apply at prefill (a generated token's position lies past the prompt), and the prefill
+tells them each prompt's length (``PositionContext.prompt_lengths``), so an edit made for prompts
+of one length refuses others there, whoever calls the model; edits defined on
 every token or on the last token also apply to each generated token.  "Last token" means the
 last real token of the prompt *and every token generated after it*, so cached generation and a
 step-by-step loop without the cache (re-running the growing sequence inside the same ``with``
@@ -60,10 +62,16 @@ class PositionContext:
         pos: ``[batch, seq]`` index of each column among its row's real tokens; ``-1`` on padding.
         last: ``[batch, seq]`` true at the prompt's last real token and at every token generated
             after it.
+        prompt_lengths: ``[batch]`` number of real tokens of each row's prompt on a call that
+            starts a new prompt (a prefill); ``None`` on a call that continues one (a decoding
+            step, with or without the cache, or a call whose prompt's cache ran before the
+            block).  Edits that tie parameters to prompt positions check it (see
+            :meth:`interventions.edits.PointEdit.check_prompt_lengths`).
     """
 
     pos: Tensor
     last: Tensor
+    prompt_lengths: Tensor | None = None
 
 
 class Edit(Protocol):
@@ -168,8 +176,10 @@ class _Session:
         else:
             pos = (past + torch.arange(seq, device=ref.device)).expand(batch, seq)
             total = torch.full((batch,), past + seq, device=ref.device)
+        prompt_lengths = None
         if past == 0 and not self._continues_prompt(input_ids, mask):
             # a new prompt: remember it so that later calls extending it count as generation
+            prompt_lengths = total
             self._last_start = total - 1
             if input_ids is not None:
                 self._prompt = [
@@ -187,7 +197,7 @@ class _Session:
                 self._last_start = total - seq
                 self._prompt = None
             last = (pos >= self._last_start[:, None]) & (pos >= 0)
-        self.ctx = PositionContext(pos=pos, last=last)
+        self.ctx = PositionContext(pos=pos, last=last, prompt_lengths=prompt_lengths)
         self.state = self.edit.prepare(self.ctx, self._beta_for(batch, ref))
 
 

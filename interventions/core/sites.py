@@ -53,11 +53,13 @@ Supporting a new architecture means adding one row to :data:`ARCHITECTURES`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
+
+from interventions.core.errors import ConfigError, did_you_mean
 
 SITES: tuple[str, ...] = ("resid_post", "attn_out", "mlp_out", "attn_z", "mlp_act")
 """Every site name, in a fixed order."""
@@ -345,22 +347,54 @@ def supported_model_types() -> list[str]:
 
 
 def check_site(site: str) -> None:
-    """Raise a clear error for an unknown site name."""
+    """Raise a clear :class:`~interventions.core.errors.ConfigError` for an unknown site name
+    (suggesting the closest valid one)."""
     if site not in SITES:
-        raise ValueError(f"Unknown site {site!r}. Supported sites: {', '.join(SITES)}.")
+        hint = did_you_mean(site, SITES)
+        raise ConfigError(f"Unknown site {site!r}. Supported sites: {', '.join(SITES)}.{hint}")
+
+
+def check_sites(sites: str | Sequence[str]) -> list[str]:
+    """The distinct site names of ``sites`` (one name or a list of names), in order; a clear
+    :class:`~interventions.core.errors.ConfigError` for an empty list or an unknown name.
+
+    Cheap and model-free, so modules call it before they load a backbone."""
+    names = [sites] if isinstance(sites, str) else list(sites)
+    if not names:
+        raise ConfigError(
+            f"sites is empty: name at least one site out of {', '.join(SITES)}, e.g. "
+            "sites: [attn_out, mlp_out] (command line: --model.sites '[attn_out, mlp_out]')."
+        )
+    for site in names:
+        if not isinstance(site, str) or site not in SITES:
+            raise ConfigError(
+                f"Unknown site {site!r} in sites {names}: each site must be one of "
+                f"{', '.join(SITES)}.{did_you_mean(site, SITES)}"
+            )
+    return list(dict.fromkeys(names))
+
+
+def check_model_type(model_type: str | None, backbone: str | None = None) -> ArchRow:
+    """The table row serving ``config.model_type``; a one-line
+    :class:`~interventions.core.errors.ConfigError` naming the model type, the supported families
+    and where to add a row when no row serves it."""
+    for row in ARCHITECTURES:
+        if model_type in row.model_types:
+            return row
+    what = f"Architecture {model_type!r} (config.model_type)"
+    if backbone:
+        what = f"Backbone {backbone!r} has architecture {model_type!r} (config.model_type), which"
+    families = ", ".join(f"{row.family} ({', '.join(row.model_types)})" for row in ARCHITECTURES)
+    raise ConfigError(
+        f"{what} is not in the sites table. "
+        f"Supported model types by family: {families}. To support it, add a row to "
+        "ARCHITECTURES in interventions/core/sites.py."
+    )
 
 
 def arch_row(model: nn.Module) -> ArchRow:
     """The table row for ``model`` (a Hugging Face causal LM), or a clear error."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for row in ARCHITECTURES:
-        if model_type in row.model_types:
-            return row
-    raise ValueError(
-        f"Architecture {model_type!r} is not in the sites table. Supported model types: "
-        f"{', '.join(supported_model_types())}. Add a row to interventions.core.sites.ARCHITECTURES "
-        "to support it."
-    )
+    return check_model_type(getattr(getattr(model, "config", None), "model_type", None))
 
 
 def model_dims(model: nn.Module) -> ModelDims:
@@ -399,9 +433,9 @@ def point_module(model: nn.Module, layer: int, point: str) -> tuple[nn.Module, s
     if point in SITES:
         return site_module(model, layer, point)
     if point not in READ_POINTS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown point {point!r}. Sites: {', '.join(SITES)}; read points: "
-            f"{', '.join(READ_POINTS)}."
+            f"{', '.join(READ_POINTS)}.{did_you_mean(point, (*SITES, *READ_POINTS))}"
         )
     row = arch_row(model)
     stack = model.get_submodule(row.layers_path)

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from interventions.core.hooks import PositionContext
-from interventions.core.sites import ModelDims, check_layer, check_site
+from interventions.core.sites import ModelDims, check_layer, check_sites
 
 PositionSpec = Literal["all", "last"] | list[int]
 
@@ -66,7 +66,7 @@ class PointEdit(nn.Module):
 
     Args:
         dims: sizes of the model the edit is for (:func:`interventions.core.sites.model_dims`).
-        sites: site names, e.g. ``["attn_out", "mlp_out"]``.
+        sites: site names, e.g. ``["attn_out", "mlp_out"]``, or one name (``"attn_out"``).
         layers: layer indices; ``None`` means every layer.
         positions: ``"all"``, ``"last"`` or a list of prompt positions (see module docstring).
         num_positions: prompt token length, needed for position-tied ``"all"`` and negative
@@ -80,19 +80,15 @@ class PointEdit(nn.Module):
     def __init__(
         self,
         dims: ModelDims,
-        sites: Sequence[str],
+        sites: str | Sequence[str],
         layers: Sequence[int] | None = None,
         positions: PositionSpec = "all",
         num_positions: int | None = None,
         init_std: float = 1e-5,
     ) -> None:
         super().__init__()
-        if not sites:
-            raise ValueError("An edit needs at least one site.")
-        for site in sites:
-            check_site(site)
         self.dims = dims
-        self.sites = list(dict.fromkeys(sites))
+        self.sites = check_sites(sites)
         self.layers = list(range(dims.num_layers)) if layers is None else list(layers)
         if not self.layers:
             raise ValueError("An edit needs at least one layer (or layers=None for all).")
@@ -163,11 +159,39 @@ class PointEdit(nn.Module):
         """Every (layer, site) pair this edit touches."""
         return [(layer, site) for layer in self.layers for site in self.sites]
 
+    def check_prompt_lengths(self, lengths: Tensor | Sequence[int]) -> None:
+        """Refuse prompts this edit has no parameters for: a position-tied edit with
+        ``positions="all"`` (ActivScalar / SteerVec) holds one parameter per position of prompts
+        of exactly ``num_positions`` tokens.  Other edits accept any length.
+
+        :meth:`prepare` calls it on every call that starts a prompt (``ctx.prompt_lengths``),
+        so ``attach``, generation and every method share this one check; decoding steps are
+        not checked (the edit applies at prefill only)."""
+        if not (self.position_tied and self.positions == "all"):
+            return
+        expected = self.num_positions
+        if isinstance(lengths, Tensor):
+            if not bool((lengths != expected).any()):
+                return
+            lengths = lengths.tolist()
+        wrong = sorted({int(n) for n in lengths if n != expected})
+        if wrong:
+            raise ValueError(
+                f"This {type(self).__name__} ties one parameter to each of {expected} prompt "
+                f"positions (it was made for prompts of {expected} tokens), but the prompts have "
+                f"{wrong} tokens. Use prompts of {expected} tokens (the "
+                "training template's length), or an edit trained with positions='last' / a "
+                "DynScalar for prompts of any length."
+            )
+
     def prepare(self, ctx: PositionContext, beta: Tensor) -> EditState:
-        """Gather slot indices once per forward call (shared by all points).
+        """Gather slot indices once per forward call (shared by all points); on a call that
+        starts a prompt, refuse prompts of the wrong length (:meth:`check_prompt_lengths`).
 
         ``on`` and ``beta`` are at least float32 whatever the default dtype (Lightning's
         ``16-true`` sets it to float16 inside ``training_step``)."""
+        if ctx.prompt_lengths is not None:
+            self.check_prompt_lengths(ctx.prompt_lengths)
         beta = beta.to(torch.promote_types(beta.dtype, torch.float32))
         if self.positions == "last":
             on = ctx.last
@@ -349,7 +373,7 @@ class _AtomicUnitEdit(PointEdit):
     def __init__(
         self,
         dims: ModelDims,
-        sites: Sequence[str],
+        sites: str | Sequence[str],
         layers: Sequence[int] | None = None,
         positions: Literal["all", "last"] = "all",
         num_positions: int | None = None,

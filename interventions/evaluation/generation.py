@@ -18,22 +18,6 @@ from interventions.core.hooks import attach
 from interventions.edits import PointEdit
 
 
-def check_prompt_lengths(edit: PointEdit, lengths: Sequence[int]) -> None:
-    """Refuse prompts a position-tied edit has no parameters for (clear message, before any
-    model call)."""
-    if not (edit.position_tied and edit.positions == "all"):
-        return
-    expected = edit.num_positions
-    wrong = sorted({n for n in lengths if n != expected})
-    if wrong:
-        raise ValueError(
-            f"This {type(edit).__name__} ties one parameter to each of {expected} prompt "
-            f"positions (it was trained on prompts of {expected} tokens), but the prompts have "
-            f"{wrong} tokens. Use prompts of the training template's length, or an edit "
-            "trained with positions='last' / a DynScalar for prompts of any length."
-        )
-
-
 @torch.no_grad()
 def steered_continuations(
     model: nn.Module,
@@ -50,7 +34,9 @@ def steered_continuations(
         model, tokenizer: the backbone the edit was made for.
         edit: any edit (:func:`interventions.edits.artifact.load_intervention`).
         prompts: texts, tokenised as they are (apply a chat template first if the edit was
-            trained on chat prompts); the tokenizer must pad on the left.
+            trained on chat prompts); the tokenizer must pad on the left.  A position-tied edit
+            refuses prompts of another token length than it was made for (at the prefill, see
+            :meth:`~interventions.edits.PointEdit.check_prompt_lengths`).
         betas: strengths; ``0`` is the unedited model.
         max_new_tokens: new tokens per continuation.
         layer_of_prompt: ``[N]`` one layer per prompt (a W2S prediction): the edit acts only at
@@ -67,7 +53,6 @@ def steered_continuations(
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("Prompts must be left-padded for generation (tokenizer.padding_side).")
-    check_prompt_lengths(edit, attention_mask.sum(1).tolist())
     device = input_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     texts = [
@@ -117,4 +102,4 @@ def samples_markdown(samples: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["check_prompt_lengths", "samples_markdown", "steered_continuations"]
+__all__ = ["samples_markdown", "steered_continuations"]

@@ -55,7 +55,8 @@ class AttributionScalarModule(ComputedModule):
     Args:
         backbone: model name or path (linked to the data module's ``backbone``).
         method: ``actpatch``, ``attrpatch`` or ``dla``.
-        sites: sites to score and scale (``resid_post``, ``attn_out``, ``mlp_out``).
+        sites: sites to score and scale (``resid_post``, ``attn_out``, ``mlp_out``): a list, or
+            one site name; ``None`` = ``[attn_out, mlp_out]``.
         layers: layers to score; ``None`` = all.
         normalize: divide the scores by their largest ``|value|`` (else alpha = the raw scores,
             up to the sign convention).
@@ -74,7 +75,7 @@ class AttributionScalarModule(ComputedModule):
         self,
         backbone: str = DEFAULT_BACKBONE,
         method: Method = "actpatch",
-        sites: list[str] | None = None,
+        sites: list[str] | str | None = None,
         layers: list[int] | None = None,
         normalize: bool = True,
         beta_grid: list[float] | None = None,

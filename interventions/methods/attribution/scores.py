@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from interventions.core.dispatch import input_device, loaded_tensor
+from interventions.core.errors import ConfigError
 from interventions.core.hooks import (
     PositionContext,
     attach,
@@ -72,7 +73,7 @@ from interventions.core.hooks import (
     record,
 )
 from interventions.core.kv_cache import output_cache, with_cache
-from interventions.core.sites import arch_row, check_layer, check_site, model_dims
+from interventions.core.sites import arch_row, check_layer, check_sites, model_dims
 from interventions.evaluation.objectives import logit_diff
 
 Method = Literal["actpatch", "attrpatch", "dla"]
@@ -173,18 +174,19 @@ def check_method(method: str) -> None:
         raise ValueError(f"Unknown attribution method {method!r}; choose one of {list(METHODS)}.")
 
 
-def check_attribution_sites(sites: Sequence[str]) -> list[str]:
-    """The distinct sites, or a clear error for a site the methods cannot score."""
+def check_attribution_sites(sites: str | Sequence[str]) -> list[str]:
+    """The distinct sites (one name or a list), or a clear
+    :class:`~interventions.core.errors.ConfigError` for a site the methods cannot score."""
     if not sites:
-        raise ValueError(f"Give at least one site out of {list(ATTRIBUTION_SITES)}.")
-    for site in sites:
-        check_site(site)
+        raise ConfigError(f"Give at least one site out of {list(ATTRIBUTION_SITES)}.")
+    names = check_sites(sites)
+    for site in names:
         if site not in ATTRIBUTION_SITES:
-            raise ValueError(
+            raise ConfigError(
                 f"Attribution scores one d_model vector per token; site {site!r} is not supported. "
                 f"Use sites out of {list(ATTRIBUTION_SITES)}."
             )
-    return list(dict.fromkeys(sites))
+    return names
 
 
 def attribution_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:

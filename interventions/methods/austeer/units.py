@@ -38,7 +38,7 @@ from interventions.core.hooks import (
     last_token_index,
     position_ids,
 )
-from interventions.core.sites import ModelDims, check_layer, check_site, model_dims
+from interventions.core.sites import ModelDims, check_layer, check_site, check_sites, model_dims
 from interventions.edits import EDITS, EditState, PointEdit
 
 Unit = tuple[int, str, int]
@@ -75,7 +75,7 @@ def au_activations(
     model: nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor,
-    sites: Sequence[str],
+    sites: str | Sequence[str],
     layers: Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """Every AU's activation at each row's last real token, from one forward pass.
@@ -88,7 +88,7 @@ def au_activations(
         model: a Hugging Face causal LM whose architecture is in the sites table.
         input_ids: ``[batch, seq]`` token ids.
         attention_mask: ``[batch, seq]`` 1 on real tokens (every row needs at least one).
-        sites: site names, e.g. ``["mlp_act"]``.
+        sites: site names, e.g. ``["mlp_act"]``, or one name.
         layers: layers to read; ``None`` = every layer.
 
     Returns:
@@ -97,11 +97,9 @@ def au_activations(
         (pass the same ``layers`` to :func:`top_k_units`).
     """
     dims = model_dims(model)
-    sites = list(dict.fromkeys(sites))
     if not sites:
         raise ValueError("au_activations needs at least one site, e.g. ['mlp_act'].")
-    for site in sites:
-        check_site(site)
+    sites = check_sites(sites)  # one name or a list
     read = _check_layers(layers, dims.num_layers)
     if attention_mask.shape != input_ids.shape:
         raise ValueError(

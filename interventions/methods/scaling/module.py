@@ -36,7 +36,7 @@ from interventions.core.backbone import DEFAULT_BACKBONE, FrozenBackbone
 from interventions.core.dispatch import DeviceMap, MaxMemory, input_device
 from interventions.core.distributed import all_reduce_count, all_reduce_sum, shard_loader
 from interventions.core.hooks import attach, last_token_logits
-from interventions.core.sites import model_dims
+from interventions.core.sites import check_sites, model_dims
 from interventions.edits import EDITS, PointEdit, PositionSpec, build_edit
 from interventions.edits.artifact import NonFiniteEditError, non_finite_sites
 from interventions.evaluation.objectives import (
@@ -74,7 +74,8 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
             a local folder or a hub name.
         edit: edit type: ``activscalar`` (h * (1 + beta alpha)), ``steervec`` (h + beta v) or
             ``dynscalar`` (alpha = g^T h / ||h||).
-        sites: sites to edit (``resid_post``, ``attn_out``, ``mlp_out``, ``attn_z``, ``mlp_act``).
+        sites: sites to edit (``resid_post``, ``attn_out``, ``mlp_out``, ``attn_z``, ``mlp_act``):
+            a list, or one site name; ``None`` = ``[attn_out, mlp_out]``.
         layers: layers to edit; ``None`` = every layer.
         positions: ``"all"`` (one parameter per prompt position for ActivScalar / SteerVec, every
             token for DynScalar), ``"last"`` or a list of prompt positions.
@@ -126,7 +127,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         self,
         backbone: str = DEFAULT_BACKBONE,
         edit: EditKind = "activscalar",
-        sites: list[str] | None = None,
+        sites: list[str] | str | None = None,
         layers: list[int] | None = None,
         positions: PositionSpec = "all",
         num_positions: int | None = None,
@@ -155,6 +156,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
         super().__init__()
         if edit not in EDITS:
             raise ValueError(f"Unknown edit {edit!r}. Available: {', '.join(sorted(EDITS))}.")
+        site_names = check_sites(sites) if sites else ["attn_out", "mlp_out"]  # before any load
         if lambda_f < 0 or lambda_m < 0 or margin < 0:
             raise ValueError("lambda_f, lambda_m and margin must be >= 0.")
         if sparsity not in ("penalty", "proximal"):
@@ -175,7 +177,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
                 f"early_stopping_patience must be >= 1 or null, got {early_stopping_patience}."
             )
         self.save_hyperparameters()
-        self.sites = list(sites) if sites else ["attn_out", "mlp_out"]
+        self.sites = site_names
         # Held outside the module tree: never in state_dict / checkpoints, never put in train mode.
         model, _ = self.load_and_hold()
         self.dims = model_dims(model)
