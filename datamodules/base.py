@@ -21,6 +21,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from datamodules.sources import data_folders, find_data_file, shared_data_dir
 from interventions.core.backbone import load_tokenizer
 from interventions.core.batch import ContrastiveCollator, ContrastiveExample
 from interventions.core.errors import ConfigError
@@ -30,12 +31,14 @@ __all__ = [
     "ContrastiveDataModule",
     "ContrastiveExample",
     "default_data_dir",
+    "find_data_file",
 ]
 
 
 def default_data_dir() -> Path:
-    """The default data folder: ``../shared/data`` next to the repository checkout."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    """``../shared/data`` next to the repository checkout: the last folder of the lookup order
+    (:func:`datamodules.sources.data_folders`)."""
+    return shared_data_dir()
 
 
 class ContrastiveDataModule(LightningDataModule):
@@ -81,8 +84,10 @@ class ContrastiveDataModule(LightningDataModule):
             fixed_length: Keep only prompts of the most common token length, so that
                 position-tied interventions apply to every prompt.
             padding_side: Side on which batches are padded.
-            data_dir: Folder holding the task data (default: ``../shared/data`` next to the
-                checkout).
+            data_dir: Folder holding the task data; when given, the only folder searched.
+                Default: each file is looked up in ``$LEARNED_INTERVENTIONS_DATA``, the user
+                cache (where ``python -m interventions data fetch`` writes), then
+                ``../shared/data`` next to the checkout (:mod:`datamodules.sources`).
             num_workers: DataLoader worker processes.
         """
         super().__init__()
@@ -136,26 +141,20 @@ class ContrastiveDataModule(LightningDataModule):
 
     @property
     def resolved_data_dir(self) -> Path:
-        """``data_dir`` if given, else the default ``../shared/data`` next to the checkout."""
-        return Path(self.data_dir) if self.data_dir is not None else default_data_dir()
+        """``data_dir`` if given, else the first existing folder of the lookup order (else the
+        last one, ``../shared/data``); files are looked up one by one (:meth:`data_file`)."""
+        folders = data_folders(self.data_dir)
+        return next((f.path for f in folders if f.path.is_dir()), folders[-1].path)
 
     def data_file(self, relative: str) -> Path:
-        """Path of a task file under the data folder; a clear ``FileNotFoundError`` if missing."""
-        root = self.resolved_data_dir
-        path = root / relative
-        if not path.is_file():
-            where = (
-                f"data_dir={self.data_dir!r}"
-                if self.data_dir is not None
-                else f"the default data folder {root} (../shared/data next to the checkout)"
-            )
-            problem = "does not exist" if not root.is_dir() else f"has no file {relative}"
-            raise FileNotFoundError(
-                f"{type(self).__name__}: expected the data file {path}, but {where} {problem}. "
-                f"Pass data_dir=<folder that contains {relative}> (YAML: data.init_args.data_dir, "
-                f"command line: --data.data_dir /path/to/shared/data)."
-            )
-        return path
+        """Path of a task file: ``data_dir / relative`` when ``data_dir`` is given, else the
+        first folder of the lookup order that has it.
+
+        Raises:
+            DataFileNotFoundError: (a ``FileNotFoundError``) no searched folder has it; the
+                one-line message names the folders and the command that fetches it.
+        """
+        return find_data_file(relative, self.data_dir, who=f"{type(self).__name__}: ")
 
     def is_single_token(self, text: str) -> bool:
         """Whether ``text`` (with its leading space, if any) is exactly one token."""
@@ -241,8 +240,8 @@ class ContrastiveDataModule(LightningDataModule):
         if not examples:
             raise ConfigError(
                 f"{name}.build_examples() returned no examples, so there is nothing to split "
-                f"into train/val/test. Check the task data it reads (under "
-                f"{self.resolved_data_dir}) and its filters; a subclass must return at least one "
+                f"into train/val/test. Check the task data it reads (looked up in "
+                f"{', '.join(str(f.path) for f in data_folders(self.data_dir))}) and its filters; a subclass must return at least one "
                 "ContrastiveExample."
             )
         self._validate(examples)

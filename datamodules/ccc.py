@@ -24,11 +24,12 @@ answer would be in the question. ``corrupted_prompt`` replaces the context city 
 single-token capital (not the true one, not the context city) of the same token length.
 
 Facts: ``csv`` = ``ccc/country_capitals.csv`` (190 pairs), ``json`` = ``ccc/country-capital.json``
-(197 pairs), both under ``data_dir``; ``builtin`` = a list of 60 pairs in this module, for users
-without the data folder. With the SmolLM2 tokenizer, 44 (csv), 43 (json) and 41 (builtin)
-countries have a usable one-token capital; with ``fixed_length=True`` (prompts of 18 tokens,
-i.e. one-token country names) 37, 37 and 36 remain. The default split sizes 20 / 6 / 10 fit all
-three. The same seed draws the same cities and splits for both templates.
+(197 pairs), both in the data folder (``python -m interventions data fetch ccc`` fetches them);
+``builtin`` = a list of 60 pairs in this module, for users without the data folder. With the
+SmolLM2 tokenizer, 44 (csv), 43 (json) and 41 (builtin) countries have a usable one-token
+capital; with ``fixed_length=True`` (prompts of 18 tokens, i.e. one-token country names) 37, 37
+and 36 remain. The default split sizes 20 / 6 / 10 fit all three. The same seed draws the same
+cities and splits for both templates.
 """
 
 from __future__ import annotations
@@ -148,8 +149,10 @@ class CCCDataModule(ContrastiveDataModule):
             fixed_length: Keep only prompts of the most common token length, so that
                 position-tied interventions apply to every prompt.
             padding_side: Side on which batches are padded.
-            data_dir: Folder holding ``ccc/country_capitals.csv`` / ``ccc/country-capital.json``
-                (default: ``../shared/data`` next to the checkout; unused with ``facts="builtin"``).
+            data_dir: Folder holding ``ccc/country_capitals.csv`` / ``ccc/country-capital.json``;
+                when given, the only folder searched. Default: ``$LEARNED_INTERVENTIONS_DATA``, the
+                user cache (``python -m interventions data fetch ccc``), then ``../shared/data``
+                next to the checkout. Unused with ``facts="builtin"``.
             num_workers: DataLoader worker processes.
             facts: Source of the country-capital pairs: ``csv`` (190 pairs), ``json`` (197 pairs)
                 or ``builtin`` (60 pairs written in this module, no data folder needed).

@@ -14,11 +14,10 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from datamodules.base import default_data_dir
 from datamodules.commonsense_items import (
     COPA_CONNECTIVES,
     TASK_FILES,
@@ -33,6 +32,14 @@ from datamodules.commonsense_items import (
     download_task_file,
     load_task_items,
     longest_first,
+)
+from datamodules.fetch import fetch_file
+from datamodules.sources import (
+    FILES,
+    DataFileNotFoundError,
+    data_folders,
+    default_fetch_dir,
+    find_data_file,
 )
 from interventions.core.backbone import load_tokenizer
 
@@ -205,16 +212,20 @@ class CommonsenseDataModule(LightningDataModule):
             max_test: Cap on the test set (quick runs); ``None`` uses every remaining item.
             batch_size: Pairs or items per batch in every dataloader.
             seed: Seed of the split and of the wrong answers of the contrastive pairs.
-            data_dir: Folder holding ``boolq/``, ``copa/`` and ``winogrande/`` (default:
-                ``../shared/data`` next to the checkout).
-            download: Download the task's file into ``data_dir`` when it is missing (needs
-                internet access).
+            data_dir: Folder holding ``boolq/``, ``copa/`` and ``winogrande/``; when given, the
+                only folder searched. Default: the file is looked up in
+                ``$LEARNED_INTERVENTIONS_DATA``, the user cache, then ``../shared/data`` next to
+                the checkout (:mod:`datamodules.sources`).
+            download: Download the task's file when no searched folder has it (needs internet
+                access): into ``data_dir`` if given, else into ``$LEARNED_INTERVENTIONS_DATA`` or
+                the user cache (as ``python -m interventions data fetch <task>`` does).
             padding_side: Side on which the contrastive pair batches are padded (multiple-choice
                 batches pad prompts on the left and continuations on the right).
             num_workers: DataLoader worker processes.
         """
         super().__init__()
-        check_task(task)
+        if type(self).load_items is CommonsenseDataModule.load_items:
+            check_task(task)  # a subclass that reads its own items names its task itself
         if pool_size < 1:
             raise ValueError(
                 f"CommonsenseDataModule: the contrastive pool is empty: pool_size={pool_size}. "
@@ -247,37 +258,44 @@ class CommonsenseDataModule(LightningDataModule):
     # ------------------------------------------------------------------ files
     @property
     def resolved_data_dir(self) -> Path:
-        """``data_dir`` if given, else the default ``../shared/data`` next to the checkout."""
-        return Path(self.data_dir) if self.data_dir is not None else default_data_dir()
+        """The folder that has the task's file (the first of the lookup order; ``data_dir`` when
+        given), else the folder a download writes to."""
+        relative = TASK_FILES[self.task]
+        for folder in data_folders(self.data_dir):
+            if (folder.path / relative).is_file():
+                return folder.path
+        return self._download_dir
 
     @property
     def task_file(self) -> Path:
-        """The task's data file (it may not exist yet)."""
+        """The task's data file: where the lookup finds it, else where ``download`` would write
+        it (it may not exist yet)."""
         return self.resolved_data_dir / TASK_FILES[self.task]
+
+    @property
+    def _download_dir(self) -> Path:
+        return (
+            Path(self.data_dir).expanduser() if self.data_dir is not None else default_fetch_dir()
+        )
 
     def prepare_data(self) -> None:
         """Download the task's file if it is missing and ``download`` is on; else check it."""
-        path = self.task_file
-        if path.is_file():
+        relative = TASK_FILES[self.task]
+        try:
+            find_data_file(relative, self.data_dir)
             return
-        if self.download:
-            rank_zero_info(f"CommonsenseDataModule: downloading {self.task} to {path}")
-            download_task_file(self.task, self.resolved_data_dir)
-            return
-        root = self.resolved_data_dir
-        where = (
-            f"data_dir={self.data_dir!r}"
-            if self.data_dir is not None
-            else f"the default data folder {root} (../shared/data next to the checkout)"
-        )
-        problem = "does not exist" if not root.is_dir() else f"has no file {TASK_FILES[self.task]}"
-        raise FileNotFoundError(
-            f"CommonsenseDataModule: task {self.task!r} expects the data file {path}, but "
-            f"{where} {problem}. The expected files in data_dir are "
-            f"{', '.join(TASK_FILES.values())}. Pass data_dir=<folder that contains them> "
-            f"(command line: --data.data_dir /path/to/shared/data), or download them with "
-            f"--data.download true (needs internet access)."
-        )
+        except DataFileNotFoundError as err:
+            if not self.download:
+                raise DataFileNotFoundError(
+                    f"CommonsenseDataModule: task {self.task!r}: {err} The expected files are "
+                    f"{', '.join(TASK_FILES.values())}; --data.download true downloads a "
+                    "missing one (needs internet access)."
+                ) from None
+        path = self._download_dir / relative
+        rank_zero_info(f"CommonsenseDataModule: downloading {self.task} to {path}")
+        fetched = fetch_file(FILES[relative], self._download_dir)
+        if fetched.note:
+            rank_zero_warn(fetched.note)
 
     # ------------------------------------------------------------------ splits
     def setup(self, stage: str | None = None) -> None:
@@ -285,9 +303,9 @@ class CommonsenseDataModule(LightningDataModule):
         if self._splits is not None:
             return
         self.prepare_data()
-        items = load_task_items(self.task, self.resolved_data_dir)
+        items = self.load_items()
         n = len(items)
-        name = f"CommonsenseDataModule ({self.task})"
+        name = f"{type(self).__name__} ({self.task})"
         if self.num_val >= n:
             raise ValueError(
                 f"{name}: num_val={self.num_val} is too large: the task has {n} items and the "
@@ -313,6 +331,10 @@ class CommonsenseDataModule(LightningDataModule):
         }
         self._num_items = n
         rank_zero_info(f"{name}: {n} items; pool={num_pool}, val={self.num_val}, test={len(test)}")
+
+    def load_items(self) -> list[ChoiceItem]:
+        """All items of the task, in file order (a subclass may read them from elsewhere)."""
+        return load_task_items(self.task, self.data_dir)
 
     def _ensure_setup(self) -> dict[str, list[ChoiceItem]]:
         if self._splits is None:

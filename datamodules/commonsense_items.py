@@ -9,7 +9,9 @@ correct one. The data module serves two kinds of batches:
 * **multiple-choice batches** (``val_dataloader`` / ``test_dataloader``) scored by the
   log-likelihood of each answer continuation (:mod:`interventions.evaluation.multiple_choice`).
 
-**Files** (under ``data_dir``, default ``../shared/data``; see ``SOURCES.md`` section 3):
+**Files** (under ``data_dir``, or looked up as :mod:`datamodules.sources` says: the
+``$LEARNED_INTERVENTIONS_DATA`` folder, the user cache, ``../shared/data``; see ``SOURCES.md``
+section 3):
 
 * BoolQ ``boolq/boolq.jsonl`` (3270 validation items)::
 
@@ -80,30 +82,25 @@ when reading the full text. If a tokenizer merges text across the boundary (the 
 and appended to the prompt's tokens; :attr:`ChoiceCollator.num_fallbacks` counts such rows and a
 warning is shown once. (With SmolLM2's tokenizer and these templates this never happens.)
 
-**Download.** ``download=True`` fetches missing files from the public repositories the shared
-copies come from (pinned commits; the files are checked against their SHA-256), see
-:func:`download_task_file`.
+**Download.** ``python -m interventions data fetch boolq`` (or ``copa``, ``winogrande``) fetches
+the files from the public repositories the shared copies come from (pinned commits, checked
+against their SHA-256; :mod:`datamodules.fetch`); ``download=True`` does it for a missing task
+file, see :func:`download_task_file`.
 """
 
 from __future__ import annotations
 
-import bz2
-import hashlib
-import io
 import json
 import os
 import random
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from datamodules.base import default_data_dir
+from datamodules.fetch import fetch_file
+from datamodules.sources import FILES, find_data_file
 
 Task = Literal["boolq", "copa", "winogrande"]
 
@@ -115,7 +112,7 @@ TASK_FILES: dict[str, str] = {
     "copa": "copa/balacopa-dev-all.xml",
     "winogrande": "winogrande/winogrande.jsonl",
 }
-"""The file of each task, relative to ``data_dir``."""
+"""The file of each task, relative to the data folder."""
 
 
 @dataclass(frozen=True)
@@ -371,96 +368,48 @@ def load_task_items(task: str, data_dir: str | Path | None = None) -> list[Choic
 
     Args:
         task: ``"boolq"``, ``"copa"`` or ``"winogrande"``.
-        data_dir: Folder holding :data:`TASK_FILES` (default: ``../shared/data``).
+        data_dir: Folder holding :data:`TASK_FILES` (default: the lookup order of
+            :mod:`datamodules.sources`, ending with ``../shared/data``).
 
     Raises:
         ValueError: Unknown task or malformed record (the message names file and line / id).
-        FileNotFoundError: The task's file is missing.
+        FileNotFoundError: The task's file is missing (a ``DataFileNotFoundError``).
     """
     check_task(task)
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    path = root / TASK_FILES[task]
-    if not path.is_file():
-        raise FileNotFoundError(f"{task}: expected the data file {path}")
+    path = find_data_file(TASK_FILES[task], data_dir, who=f"{task}: ")
     return _READERS[task](path)
 
 
 # ---------------------------------------------------------------------------- download
-@dataclass(frozen=True)
-class _Source:
-    url: str
-    sha256: str  # of the task file (for an archive: of the extracted member)
-    member: str | None = None  # path inside a .tar.bz2 archive
-
-
-_LLM_FOUNDRY = (
-    "https://raw.githubusercontent.com/mosaicml/llm-foundry/"
-    "8c8dd48f72168c5d51e2f7b151595892a8fba43d/scripts/eval/local_data/"
-)
-_SOURCES: dict[str, _Source] = {
-    "boolq": _Source(
-        _LLM_FOUNDRY + "reading_comprehension/boolq.jsonl",
-        "454ff101e614370bb1807fe7ebbda6fdb57e794b9662cc1ccae211bf1ff626c8",
-    ),
-    "copa": _Source(
-        "https://raw.githubusercontent.com/Balanced-COPA/Balanced-COPA.github.io/"
-        "6e031959f0df0620059cb03d708bfbefd38ee0ba/downloads/balanced_copa.tar.bz2",
-        "2091dce8a2923b8530804644780ebe01fd1ae30342eb2562a3821786274b5b25",
-        member="balanced_copa/balacopa-dev-all.xml",
-    ),
-    "winogrande": _Source(
-        _LLM_FOUNDRY + "language_understanding/winogrande.jsonl",
-        "ea1592526f3bfdd0948ed3acb1b4dfa3f83d23698917118688ee1df7f8d4b8d7",
-    ),
-}
-
-
-def download_task_file(task: str, data_dir: str | Path, timeout: float = 60.0) -> Path:
+def download_task_file(
+    task: str,
+    data_dir: str | Path | None = None,
+    timeout: float = 60.0,
+    base_url: str | None = None,
+) -> Path:
     """Download a task's file into ``data_dir`` (needs internet access).
 
     The files are the ones ``../shared/data`` holds: BoolQ and WinoGrande in MosaicML
     llm-foundry's format, COPA from the Balanced-COPA archive, all at pinned commits and checked
-    against their SHA-256, so a download gives the same items and splits as the shared copy.
+    against their SHA-256 (:data:`datamodules.sources.SETS`), so a download gives the same items
+    and splits as the shared copy. The file is written atomically (no half-written file on
+    failure); one already there and verified is kept.
 
     Args:
         task: ``"boolq"``, ``"copa"`` or ``"winogrande"``.
-        data_dir: Destination folder; the file goes to ``data_dir / TASK_FILES[task]``.
+        data_dir: Destination folder; the file goes to ``data_dir / TASK_FILES[task]``
+            (default: ``$LEARNED_INTERVENTIONS_DATA``, else the user cache).
         timeout: Seconds to wait for the server.
+        base_url: A mirror of ``https://raw.githubusercontent.com`` (same layout).
 
     Returns:
         The path of the downloaded file.
 
     Raises:
-        ConnectionError: The download failed (e.g. no internet access).
-        ValueError: The downloaded file has an unexpected checksum.
+        ConnectionError: The download failed (e.g. no internet access; a
+            :class:`datamodules.fetch.DownloadError`).
+        ValueError: The downloaded file has an unexpected checksum (a
+            :class:`datamodules.fetch.ChecksumError`).
     """
     check_task(task)
-    source = _SOURCES[task]
-    target = Path(data_dir) / TASK_FILES[task]
-    try:
-        with urllib.request.urlopen(source.url, timeout=timeout) as response:
-            payload = response.read()
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise ConnectionError(
-            f"could not download {task} from {source.url} ({err}). Without internet access, "
-            f"copy the file to {target} (see ../shared/data/SOURCES.md)."
-        ) from err
-    if source.member is not None:
-        with tarfile.open(fileobj=io.BytesIO(bz2.decompress(payload))) as archive:
-            try:
-                extracted = archive.extractfile(source.member)
-            except KeyError:
-                extracted = None
-            if extracted is None:
-                raise ValueError(f"{source.url} has no file {source.member}")
-            payload = extracted.read()
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != source.sha256:
-        raise ValueError(
-            f"the {task} file from {source.url} has SHA-256 {digest}, expected {source.sha256}"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-        tmp.write(payload)
-    os.replace(tmp.name, target)  # atomic: no half-written file on failure
-    return target
+    return fetch_file(FILES[TASK_FILES[task]], data_dir, base_url=base_url, timeout=timeout).path

@@ -110,8 +110,10 @@ class MWEDataModule(ContrastiveDataModule):
             batch_size: Examples per batch in every dataloader.
             seed: Seed of the train/val/test split (the same items for every variant).
             padding_side: Side on which batches are padded.
-            data_dir: Folder holding ``mwe/`` and ``caa/`` (default: ``../shared/data`` next to
-                the checkout).
+            data_dir: Folder holding ``mwe/`` and ``caa/``; when given, the only folder searched.
+                Default: ``$LEARNED_INTERVENTIONS_DATA``, the user cache (filled by ``python -m
+                interventions data fetch mwe`` / ``caa``), then ``../shared/data`` next to the
+                checkout, the first that has the behaviour's file winning.
             num_workers: DataLoader worker processes.
         """
         super().__init__(
@@ -235,19 +237,25 @@ class MWEDataModule(ContrastiveDataModule):
         return self._num_skipped
 
     # ------------------------------------------------------------------ examples
+    def load_items(self) -> tuple[list[ABItem], int, Path]:
+        """``(items, skipped, file)``: the behaviour's A/B items in file order, the number
+        skipped for having more than two options, and the file (or CAA folder) read."""
+        kind, path = resolve_source(self.behavior, self.data_dir)
+        items, skipped = load_ab_items(path, kind)
+        return items, skipped, path
+
     def build_examples(self) -> list[ContrastiveExample]:
         """One example per usable item, in file order: rendered prompt, matching vs other letter."""
-        kind, path = resolve_source(self.behavior, self.resolved_data_dir)
-        items, skipped = load_ab_items(path, kind)
+        items, skipped, path = self.load_items()
         self._behavior_file = path
         self._num_skipped = skipped
         if skipped:
             rank_zero_info(
-                f"MWEDataModule: {self.behavior} ({path}): skipped {skipped} items with more "
-                f"than two options"
+                f"{type(self).__name__}: {self.behavior} ({path}): skipped {skipped} items with "
+                f"more than two options"
             )
         if not items:
-            raise ValueError(f"MWEDataModule: {path} has no usable items")
+            raise ValueError(f"{type(self).__name__}: {path} has no usable items")
         if self.deduplicate:
             seen: set[str] = set()
             unique = []

@@ -1,6 +1,8 @@
 """Behaviours as A/B multiple choice: Anthropic model-written evals (MWE) and CAA items.
 
-A *behaviour* is one file of items (``data_dir`` holds them; see ``SOURCES.md`` sections 1-2):
+A *behaviour* is one file of items (see ``SOURCES.md`` sections 1-2), in ``data_dir`` when given,
+else in the folders of :func:`datamodules.sources.data_folders` (``$LEARNED_INTERVENTIONS_DATA``,
+the user cache that ``python -m interventions data fetch mwe`` / ``caa`` fills, ``../shared/data``):
 
 * **persona** (``mwe/persona/<name>.jsonl``): a statement to endorse, answered Yes/No::
 
@@ -27,7 +29,8 @@ Questions are stripped of surrounding whitespace. The matching letter is the ``c
 **Finding a behaviour** (:func:`resolve_behavior`): a plain name is looked up in
 ``mwe/persona``, then ``mwe/advanced-ai-risk/lm_generated_evals``, then
 ``.../human_generated_evals``, then ``caa``; the first hit wins (Tan et al.'s x-risk set is the
-lm_generated one). A qualified name ``persona/<name>``, ``lm_generated/<name>``,
+lm_generated one); each source is looked up in the data folders in order, the first folder
+that has the file (or CAA folder) wins. A qualified name ``persona/<name>``, ``lm_generated/<name>``,
 ``human_generated/<name>`` or ``caa/<name>`` picks one source, e.g.
 ``human_generated/corrigible-neutral-HHH`` (340 items, the source of CAA's version).
 
@@ -75,14 +78,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from jinja2.exceptions import TemplateError
 
-from datamodules.base import default_data_dir
+from datamodules.sources import (
+    FILES,
+    DataFileNotFoundError,
+    data_folders,
+    fetch_command,
+    how_to_get,
+)
 
 SourceKind = Literal["persona", "xrisk", "caa"]
 
@@ -212,64 +221,99 @@ class ABItem:
 
 
 # ---------------------------------------------------------------------------- finding files
-def _data_root(data_dir: str | Path | None) -> Path:
-    """The data folder, with a clear ``FileNotFoundError`` if it has no MWE/CAA data."""
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    problem = None
-    if not root.is_dir():
-        problem = "does not exist"
-    elif not any((root / folder).is_dir() for _, folder, _ in _SOURCES):
-        problem = "has no mwe/ or caa/ folder"
-    if problem is not None:
-        where = (
-            f"data_dir={str(root)!r}"
-            if data_dir is not None
-            else f"the default data folder {root} (../shared/data next to the checkout)"
+def _data_roots(data_dir: str | Path | None) -> list[Path]:
+    """The searched data folders that hold MWE/CAA data (``data_dir`` alone when given), with a
+    clear ``FileNotFoundError`` when none does."""
+    folders = data_folders(data_dir)
+    roots = [f.path for f in folders if any((f.path / d).is_dir() for _, d, _ in _SOURCES)]
+    if roots:
+        return roots
+    if data_dir is not None:
+        root = folders[0].path
+        problem = "does not exist" if not root.is_dir() else "has no mwe/ or caa/ folder"
+        raise DataFileNotFoundError(
+            f"MWEDataModule: expected the MWE/CAA data under {root}, but data_dir="
+            f"{str(root)!r} {problem}. Fetch it with: {fetch_command('mwe', root)} (and "
+            f"{fetch_command('caa', root)}), or " + _DATA_DIR_HINT
         )
-        raise FileNotFoundError(
-            f"MWEDataModule: expected the MWE/CAA data under {root}, but {where} {problem}. "
-            + _DATA_DIR_HINT
-        )
-    return root
+    raise DataFileNotFoundError(
+        f"MWEDataModule: no MWE/CAA data found (looked in: {'; '.join(map(str, folders))}; "
+        f"none has mwe/ or caa/). Fetch it with: {fetch_command('mwe')} (and "
+        f"{fetch_command('caa')} for the CAA behaviours), or " + _DATA_DIR_HINT
+    )
 
 
-def _source_entries(root: Path, prefix: str) -> dict[str, Path]:
-    """``{name: path}`` of one source: jsonl files, or CAA folders with at least one file."""
-    folder = root / _FOLDER_OF_PREFIX[prefix]
-    if not folder.is_dir():
-        return {}
-    if _KIND_OF_PREFIX[prefix] == "caa":
-        return {
-            d.name: d
-            for d in sorted(folder.iterdir())
-            if d.is_dir() and any((d / name).is_file() for name in CAA_FILES)
-        }
-    return {p.stem: p for p in sorted(folder.glob("*.jsonl")) if p.is_file()}
+def _source_entries(roots: list[Path], prefix: str) -> dict[str, Path]:
+    """``{name: path}`` of one source over the data folders (the first folder that has a name
+    wins): jsonl files, or CAA folders with at least one file."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        folder = root / _FOLDER_OF_PREFIX[prefix]
+        if not folder.is_dir():
+            continue
+        if _KIND_OF_PREFIX[prefix] == "caa":
+            entries = {
+                d.name: d
+                for d in sorted(folder.iterdir())
+                if d.is_dir() and any((d / name).is_file() for name in CAA_FILES)
+            }
+        else:
+            entries = {p.stem: p for p in sorted(folder.glob("*.jsonl")) if p.is_file()}
+        for name, path in entries.items():
+            found.setdefault(name, path)
+    return found
+
+
+def _fetchable_files(name: str, prefixes: list[str]) -> list[str]:
+    """The registry files a behaviour name would resolve to in these sources, if fetched."""
+    found = []
+    for prefix in prefixes:
+        folder = _FOLDER_OF_PREFIX[prefix]
+        if _KIND_OF_PREFIX[prefix] == "caa":
+            found += [f"{folder}/{name}/{f}" for f in CAA_FILES if f"{folder}/{name}/{f}" in FILES]
+        elif f"{folder}/{name}.jsonl" in FILES:
+            found.append(f"{folder}/{name}.jsonl")
+    return found
+
+
+def _not_fetched(
+    name: str, prefixes: list[str], roots: list[Path], data_dir: str | Path | None
+) -> None:
+    """Raise the missing-file error when ``name`` is a registry behaviour not fetched yet."""
+    missing = _fetchable_files(name, prefixes)
+    if missing:
+        looked = "; ".join(map(str, roots))
+        raise DataFileNotFoundError(
+            f"MWEDataModule: behavior {name!r} is {missing[0]}, which is not in the data "
+            f"folders (looked in: {looked}). " + how_to_get(missing, data_dir)
+        )
 
 
 def available_behaviors(data_dir: str | Path | None = None) -> dict[str, Path]:
-    """Every behaviour name under ``data_dir`` and the file (or CAA folder) it resolves to.
+    """Every behaviour name in the data folders and the file (or CAA folder) it resolves to.
 
     A name found in several sources maps to the first one in the search order (persona,
     lm_generated, human_generated, caa); the others stay reachable with a qualified name.
 
     Args:
-        data_dir: The data folder (default: ``../shared/data`` next to the checkout).
+        data_dir: The data folder (default: the folders of
+            :func:`datamodules.sources.data_folders`, ending with ``../shared/data``).
 
     Returns:
         ``{name: path}``, sorted by name.
     """
-    root = _data_root(data_dir)
+    roots = _data_roots(data_dir)
     found: dict[str, Path] = {}
     for prefix, _, _ in _SOURCES:
-        for name, path in _source_entries(root, prefix).items():
+        for name, path in _source_entries(roots, prefix).items():
             found.setdefault(name, path)
     return dict(sorted(found.items()))
 
 
 def resolve_source(name: str, data_dir: str | Path | None) -> tuple[SourceKind, Path]:
     """The item format and the path of a (plain or qualified) behaviour name."""
-    root = _data_root(data_dir)
+    roots = _data_roots(data_dir)
+    where = ", ".join(map(str, roots))
     qualifiers = ", ".join(f"{prefix}/<name>" for prefix, _, _ in _SOURCES)
     if "/" in name:
         prefix, _, stem = name.partition("/")
@@ -278,20 +322,22 @@ def resolve_source(name: str, data_dir: str | Path | None) -> tuple[SourceKind, 
                 f"MWEDataModule: unknown source {prefix!r} in behavior {name!r}; a qualified "
                 f"name is one of {qualifiers}"
             )
-        entries = _source_entries(root, prefix)
+        entries = _source_entries(roots, prefix)
         if stem not in entries:
+            _not_fetched(stem, [prefix], roots, data_dir)
             raise ValueError(
-                f"MWEDataModule: no behavior {stem!r} in source {prefix!r} under {root}. "
+                f"MWEDataModule: no behavior {stem!r} in source {prefix!r} under {where}. "
                 f"Available there: {', '.join(sorted(entries)) or '(none)'}. " + _DATA_DIR_HINT
             )
         return _KIND_OF_PREFIX[prefix], entries[stem]
     for prefix, _, kind in _SOURCES:
-        entries = _source_entries(root, prefix)
+        entries = _source_entries(roots, prefix)
         if name in entries:
             return kind, entries[name]
-    names = available_behaviors(root)
+    _not_fetched(name, [prefix for prefix, _, _ in _SOURCES], roots, data_dir)
+    names = available_behaviors(data_dir)
     raise ValueError(
-        f"MWEDataModule: unknown behavior {name!r} under {root}. Available behaviors: "
+        f"MWEDataModule: unknown behavior {name!r} under {where}. Available behaviors: "
         f"{', '.join(names) or '(none)'}. A qualified name ({qualifiers}) picks one source. "
         "To read another data folder, pass data_dir=<folder that contains mwe/ and caa/> "
         "(YAML: data.init_args.data_dir, command line: --data.data_dir /path/to/shared/data)."
@@ -305,10 +351,12 @@ def resolve_behavior(name: str, data_dir: str | Path | None = None) -> Path:
         name: A plain name, looked up in persona, lm_generated, human_generated, then caa; or a
             qualified name ``persona/<name>``, ``lm_generated/<name>``, ``human_generated/<name>``
             or ``caa/<name>``.
-        data_dir: The data folder (default: ``../shared/data`` next to the checkout).
+        data_dir: The data folder (default: the folders of
+            :func:`datamodules.sources.data_folders`, ending with ``../shared/data``).
 
     Raises:
-        FileNotFoundError: The data folder does not exist or holds no ``mwe/`` / ``caa/``.
+        FileNotFoundError: No searched folder holds ``mwe/`` / ``caa/``, or the behaviour is
+            one of the fetchable sets but not fetched yet (the message names the command).
         ValueError: Unknown name (the message lists the available ones).
     """
     return resolve_source(name, data_dir)[1]
@@ -370,9 +418,20 @@ def _answers(path: Path, where: str, record: dict[str, str], allowed: tuple[str,
 
 
 def _read_file(path: Path, kind: SourceKind) -> tuple[list[ABItem], int]:
+    return ab_items_from_records(path, _records(path), kind)
+
+
+def ab_items_from_records(
+    path: Path | str, records: Iterable[tuple[str, Any]], kind: SourceKind
+) -> tuple[list[ABItem], int]:
+    """A/B items of ``(where, record)`` pairs in the persona (``kind="persona"``: Yes/No
+    answers) or advanced-ai-risk / CAA format (``"xrisk"``, ``"caa"``: A/B answers), as
+    :func:`load_ab_items` reads them; ``path`` and ``where`` name the file and the row in
+    messages.  Returns ``(items, skipped)``."""
+    path = Path(path)
     items: list[ABItem] = []
     skipped = 0
-    for where, raw in _records(path):
+    for where, raw in records:
         record = _check_record(path, where, raw)
         if kind == "persona":
             matching, other = _answers(path, where, record, ("Yes", "No"))

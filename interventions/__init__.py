@@ -69,6 +69,12 @@ _EXPORTS: dict[str, str] = {
     "MWEDataModule": "datamodules.mwe",
     "CommonsenseDataModule": "datamodules.commonsense",
     "W2SDataModule": "datamodules.w2s",
+    "ContrastiveDataModule": "datamodules.base",
+    # your own data from a file
+    "ContrastiveFileDataModule": "datamodules.files",
+    "BehaviorFileDataModule": "datamodules.files",
+    "W2SFileDataModule": "datamodules.files",
+    "MultipleChoiceFileDataModule": "datamodules.files",
 }
 
 __all__ = [
@@ -79,21 +85,26 @@ __all__ = [
     "ActivScalar",
     "AttributionGraph",
     "AttributionScalarModule",
+    "BehaviorFileDataModule",
     "CAAModule",
     "CCCDataModule",
     "CommonsenseDataModule",
     "ComputedModule",
     "ContrastiveCollator",
+    "ContrastiveDataModule",
     "ContrastiveExample",
+    "ContrastiveFileDataModule",
     "DEFAULT_BACKBONE",
     "DynScalar",
     "IOIDataModule",
     "InterventionModule",
     "MWEDataModule",
+    "MultipleChoiceFileDataModule",
     "PointEdit",
     "RunArtifacts",
     "SteerVec",
     "W2SDataModule",
+    "W2SFileDataModule",
     "W2SModule",
     "attach",
     "build_edit",
@@ -128,8 +139,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
+    from datamodules.base import ContrastiveDataModule
     from datamodules.ccc import CCCDataModule
     from datamodules.commonsense import CommonsenseDataModule
+    from datamodules.files import (
+        BehaviorFileDataModule,
+        ContrastiveFileDataModule,
+        MultipleChoiceFileDataModule,
+        W2SFileDataModule,
+    )
     from datamodules.ioi import IOIDataModule
     from datamodules.mwe import MWEDataModule
     from datamodules.w2s import W2SDataModule

@@ -1,6 +1,8 @@
 """``python -m interventions <command>``: the library's shell commands.
 
 Commands:
+    data       fetch the public data sets from their pinned origins, list them, show where data
+               is looked up (``python -m interventions data --help``)
     generate   greedy continuations of prompts with an exported intervention at several betas
                (``python -m interventions generate --help``)
 """
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from interventions.commands import generate
+from interventions.commands import data, generate
 
-COMMANDS = {"generate": generate}
+COMMANDS = {"data": data, "generate": generate}
 SUMMARIES = {
+    "data": "fetch the public data sets (mwe, caa, boolq, copa, winogrande, ccc), list them, "
+    "show where data is looked up",
     "generate": "greedy continuations of prompts with an exported intervention at several betas",
 }
 HELP_FLAGS = ("-h", "--help")

@@ -9,6 +9,7 @@ import io
 import json
 import tarfile
 import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -431,6 +432,14 @@ def test_missing_files_name_the_expected_files(make, tmp_path):
 
 # ---------------------------------------------------------------------------- download (no network)
 class _Response(io.BytesIO):
+    """What ``urllib.request.urlopen`` returns, for a whole body (status 200)."""
+
+    status = 200
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(payload)
+        self.headers = {"Content-Length": str(len(payload))}
+
     def __enter__(self) -> _Response:
         return self
 
@@ -454,9 +463,9 @@ def test_download_writes_checked_files(monkeypatch, make, tmp_path):
         "balanced_copa.tar.bz2": _copa_archive(),
     }
     monkeypatch.setattr(
-        commonsense.urllib.request,
+        urllib.request,
         "urlopen",
-        lambda url, timeout: _Response(payloads[url.rsplit("/", 1)[1]]),
+        lambda request, timeout: _Response(payloads[request.full_url.rsplit("/", 1)[1]]),
     )
     for task in ("boolq", "copa"):
         path = download_task_file(task, tmp_path)
@@ -473,7 +482,7 @@ def test_download_offline_is_a_clear_error(monkeypatch, tmp_path: Path):
     def offline(url: str, timeout: float) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(commonsense.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(ConnectionError, match="could not download winogrande"):
         download_task_file("winogrande", tmp_path)
 

@@ -8,6 +8,7 @@ import torch
 from datamodules import CCCDataModule, ContrastiveDataModule, ContrastiveExample, IOIDataModule
 from datamodules.base import default_data_dir
 from datamodules.ccc import BUILTIN_CAPITALS, CCC_TEMPLATES
+from datamodules.ioi import BUILTIN_NAMES, abba_form
 from interventions.core.backbone import load_tokenizer
 from interventions.core.errors import ConfigError
 
@@ -96,11 +97,12 @@ def test_fixed_length_batches(name, request, tokenizer):
     assert dm.example_prompt == dm.train_examples[0].prompt
 
 
-def test_ioi_fixed_length_over_many_templates_keeps_one_length():
-    dm = IOIDataModule(templates=list(range(15)), **SMALL)
+@pytest.mark.parametrize("facts,n_templates", [("builtin", 12), ("standard", 15)])
+def test_ioi_fixed_length_over_many_templates_keeps_one_length(facts, n_templates):
+    dm = IOIDataModule(templates=list(range(n_templates)), facts=facts, **SMALL)
     lengths = {n_tokens(dm.tokenizer, ex.prompt) for split in splits(dm) for ex in split}
     assert lengths == {dm.prompt_length}
-    varying = IOIDataModule(fixed_length=False, **SMALL)
+    varying = IOIDataModule(fixed_length=False, facts=facts, **SMALL)
     assert varying.prompt_length is None
     assert len({n_tokens(varying.tokenizer, ex.prompt) for ex in varying.train_examples}) > 1
 
@@ -191,11 +193,14 @@ def test_ccc_default_sizes_fit_every_facts_source(facts, tmp_path):
 
 
 # ---------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("cls", [IOIDataModule, CCCDataModule])
-def test_missing_data_dir_is_a_clear_error(cls, tmp_path):
+@pytest.mark.parametrize(
+    "make",
+    [lambda d: IOIDataModule(data_dir=d, facts="standard"), lambda d: CCCDataModule(data_dir=d)],
+)
+def test_missing_data_dir_is_a_clear_error(make, tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="data_dir") as info:
-        cls(data_dir=str(missing)).setup()
+        make(str(missing)).setup()
     assert str(missing) in str(info.value)
 
 
@@ -223,6 +228,29 @@ def test_corrupted_prompt_of_other_length_is_an_error():
 
     with pytest.raises(ValueError, match="corrupted prompt"):
         Bad(num_train=1, num_val=0, num_test=0).setup()
+
+
+def test_ioi_builtin_facts_need_no_data_folder(tmp_path):
+    """The default facts are shipped with the project: an empty data_dir is never read, every
+    prompt of template 0 is 15 tokens (as the standard set's template 0), and BABA / ABBA are
+    the same sentence with the first two name mentions swapped."""
+    dm = IOIDataModule(data_dir=str(tmp_path / "nothing-here"), **SMALL)
+    dm.setup()
+    assert dm.facts == "builtin" and dm.prompt_length == 15
+    assert len(dm.names) == len(BUILTIN_NAMES) == 60  # all one token for SmolLM2
+    first = {ex.prompt.split()[1] for ex in dm.train_examples}
+    assert {ex.correct.strip() for ex in dm.train_examples} & first  # ABBA: IO named first
+    assert {ex.wrong.strip() for ex in dm.train_examples} & first  # BABA: S named first
+    assert abba_form("So [B] met [A]; [B] gave a [OBJECT] to [A]") == (
+        "So [A] met [B]; [B] gave a [OBJECT] to [A]"
+    )
+    standard = IOIDataModule(facts="standard", **SMALL)
+    assert standard.prompt_length == 15
+    assert {ex.prompt for ex in dm.train_examples}.isdisjoint(
+        ex.prompt for ex in standard.train_examples
+    )
+    with pytest.raises(ValueError, match="facts must be 'builtin' or 'standard'"):
+        IOIDataModule(facts="wang")
 
 
 def test_bad_template_index():

@@ -75,7 +75,7 @@ def test_generate_runs_as_a_module_from_the_shell(tiny_backbone_dir, tmp_path):
     bad = subprocess.run(
         [sys.executable, "-m", "interventions", "steer"], cwd=ROOT, capture_output=True, text=True
     )
-    assert bad.returncode != 0 and "commands: generate" in bad.stderr
+    assert bad.returncode != 0 and "commands: data, generate" in bad.stderr
 
 
 def test_module_help_lists_the_commands(capsys):
@@ -91,7 +91,7 @@ def test_module_help_lists_the_commands(capsys):
         assert all(name in out for name in COMMANDS)
     with pytest.raises(SystemExit) as info:
         module_main(["steer"])
-    assert "unknown command 'steer'; commands: generate" in str(info.value.code)
+    assert "unknown command 'steer'; commands: data, generate" in str(info.value.code)
     done = subprocess.run(
         [sys.executable, "-m", "interventions", "-h"], cwd=ROOT, capture_output=True, text=True
     )
