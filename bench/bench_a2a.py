@@ -66,7 +66,12 @@ def main() -> None:
     model, _ = load_backbone("smollm2-135m-instruct")
     if args.task == "ioi":
         dm = IOIDataModule(
-            num_train=args.attr, num_val=args.eval, num_test=1, batch_size=8, fixed_length=False
+            num_train=args.attr,
+            num_val=args.eval,
+            num_test=1,
+            batch_size=8,
+            fixed_length=False,
+            facts="standard",  # the templates of the recorded numbers (and of configs/a2a/ioi.yaml)
         )
     else:
         n = args.attr + args.eval + 1

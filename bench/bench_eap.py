@@ -149,7 +149,7 @@ def main() -> None:
 
     model, _ = load_backbone("smollm2-135m-instruct")
     dims = model_dims(model)
-    ioi = IOIDataModule(num_train=0, num_val=0, num_test=args.examples)
+    ioi = IOIDataModule(num_train=0, num_val=0, num_test=args.examples, facts="standard")
     ioi.setup()
     mwe = MWEDataModule(behavior=args.behavior, contrast="system", max_examples=4 * args.examples)
     mwe.setup()
