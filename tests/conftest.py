@@ -14,6 +14,7 @@ from transformers import (
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    Phi3Config,
     Qwen2Config,
     Qwen3Config,
 )
@@ -80,6 +81,8 @@ def tiny_config(arch: str):
         return Qwen2Config(**llama_like)
     if arch == "qwen3":
         return Qwen3Config(head_dim=8, **llama_like)
+    if arch == "phi3":  # fused qkv_proj and gate_up_proj; head_dim = hidden_size / heads
+        return Phi3Config(**llama_like)
     if arch == "gemma2":
         return Gemma2Config(head_dim=12, **llama_like)
     if arch == "gemma3_text":
@@ -87,7 +90,9 @@ def tiny_config(arch: str):
     raise ValueError(arch)
 
 
-ARCHS = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"]
+ARCHS = [
+    "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"
+]  # fmt: skip
 
 
 def tiny_model(arch: str, seed: int = 0):

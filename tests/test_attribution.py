@@ -104,7 +104,8 @@ def _brute_actpatch(model, batch, sites):
 
 
 @pytest.mark.parametrize(
-    "arch,first_diff", [("gpt2", 2), ("llama", 3), ("gemma2", 2), ("llama", 0), ("gpt_neox", 1)]
+    "arch,first_diff",
+    [("gpt2", 2), ("llama", 3), ("gemma2", 2), ("llama", 0), ("gpt_neox", 1), ("phi3", 2)],
 )
 def test_actpatch_equals_explicit_patched_forwards(arch, first_diff):
     model = tiny_model(arch)
@@ -239,7 +240,7 @@ def test_dla_equals_hand_projection(arch):
     assert x_final.shape == (3, 32)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "phi3", "gemma2", "gemma3_text"])
 def test_final_norm_probe_measures_gain_and_kind(arch):
     model = tiny_model(arch)
     norm = A.final_norm(model)

@@ -168,7 +168,7 @@ def _values(dims, site: str, layer: int, picks: dict[int, float]) -> dict[str, t
     return {site: values}
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "phi3", "gemma2"])
 @pytest.mark.parametrize("site", ["mlp_act", "attn_z", "resid_post"])
 @pytest.mark.parametrize("kind", ["auscale", "aushift"])
 def test_steering_changes_only_the_selected_dims(arch, site, kind):

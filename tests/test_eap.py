@@ -76,6 +76,13 @@ PATHS = {
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
         None,
     ),
+    "phi3": (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "model.norm",
+        ["self_attn.qkv_proj"],
+        None,
+    ),
     "gemma": (
         "input_layernorm",
         "pre_feedforward_layernorm",
@@ -90,7 +97,7 @@ O_PROJ = {  # the output projection (the attn_z module), restated
     "gpt_neox": "attention.dense",
     **{
         t: "self_attn.o_proj"
-        for t in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
+        for t in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
     },
 }
 
@@ -111,6 +118,10 @@ def head_rows(model, kind: str, head: int) -> tuple[int, slice]:
     k = "qkv".index(kind)
     if model.config.model_type == "gpt2":  # c_attn output = [q | k | v], each [heads, head_dim]
         start = k * width + head * dh
+        return 0, slice(start, start + dh)
+    if model.config.model_type == "phi3":  # qkv_proj output = [q heads | k heads | v heads]
+        kv_width = dims.num_kv_heads * dh  # k and v have num_key_value_heads heads each
+        start = (0, width, width + kv_width)[k] + head * dh
         return 0, slice(start, start + dh)
     if model.config.model_type == "gpt_neox":  # per head [q | k | v]
         start = head * 3 * dh + k * dh

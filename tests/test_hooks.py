@@ -78,7 +78,7 @@ def test_zero_beta_or_zero_params_is_exact(arch, kind):
         assert not torch.allclose(model(input_ids=ids, attention_mask=mask).logits, clean)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "phi3", "gemma2"])
 def test_resid_post_edit_equals_hand_edit_of_hidden_states(arch):
     model = tiny_model(arch)
     dims = model_dims(model)
@@ -97,7 +97,7 @@ def test_resid_post_edit_equals_hand_edit_of_hidden_states(arch):
     assert not torch.allclose(edited[layer + 2], clean[layer + 2])
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "qwen2", "phi3", "gemma2"])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize(
     "make",
@@ -348,6 +348,10 @@ def test_site_names_one_line_errors_with_a_suggestion(llama):
     assert "\n" not in message and "'bert'" in message
     assert "llama (llama, mistral, qwen2, qwen3)" in message and "gemma" in message
     assert "add a row to ARCHITECTURES in interventions/core/sites.py" in message
+    # ... with the keys a row needs, and the docs page that walks through one (Phi-3)
+    for key in ("model_types=('bert',)", "layers_path", "SiteSpec", "dims", "norms", "qkv"):
+        assert key in message, key
+    assert "phi3 (phi3)" in message and "docs/your-model.md" in message
 
 
 @pytest.mark.parametrize("kind", [ActivScalar, SteerVec])

@@ -48,7 +48,8 @@ attn_post_out  the output of the attention post-norm (Gemma 2/3 only)
 qkv0..qkv2     the output of the j-th q/k/v projection module of ``QKVProjections.paths``
 =============  ==========================================================================
 
-Supporting a new architecture means adding one row to :data:`ARCHITECTURES`.
+Supporting a new architecture means adding one row to :data:`ARCHITECTURES`; ``docs/your-model.md``
+walks through it with the Phi-3 row as the worked example.
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ def _neox_dims(cfg) -> dict[str, int]:
 
 QKVLayout = Literal["separate", "gpt2_fused", "neox_fused"]
 """How heads are laid out in the q/k/v projection outputs: ``"separate"`` (three modules, each
-``[heads, head_dim]``), ``"gpt2_fused"`` (one module, ``[q heads | k heads | v heads]``) or
-``"neox_fused"`` (one module, per head ``[q | k | v]``)."""
+``[heads, head_dim]``), ``"gpt2_fused"`` (one module, ``[q heads | k heads | v heads]``, the k and v
+parts ``num_kv_heads`` wide: GPT-2 ``c_attn``, Phi-3 ``qkv_proj``) or ``"neox_fused"`` (one module,
+per head ``[q | k | v]``)."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,18 @@ ARCHITECTURES: tuple[ArchRow, ...] = (
         norms=Norms(attn="input_layernorm", mlp="post_attention_layernorm", final="model.norm"),
         qkv=_SEPARATE_QKV,
     ),
+    # Phi-3 fuses q/k/v into one ``qkv_proj`` laid out [q heads | k heads | v heads] (the GPT-2
+    # layout, with grouped-query k/v widths) and gate/up into one ``gate_up_proj``.  Neither is a
+    # site: attn_z is the input of o_proj and mlp_act the input of down_proj, as for Llama.
+    ArchRow(
+        family="phi3",
+        model_types=("phi3",),
+        layers_path="model.layers",
+        sites=_LLAMA_SITES,
+        dims=_llama_dims,
+        norms=Norms(attn="input_layernorm", mlp="post_attention_layernorm", final="model.norm"),
+        qkv=QKVProjections(("self_attn.qkv_proj",), "gpt2_fused"),
+    ),
     ArchRow(
         family="gemma",
         model_types=("gemma2", "gemma3_text"),
@@ -388,7 +402,14 @@ def check_model_type(model_type: str | None, backbone: str | None = None) -> Arc
     raise ConfigError(
         f"{what} is not in the sites table. "
         f"Supported model types by family: {families}. To support it, add a row to "
-        "ARCHITECTURES in interventions/core/sites.py."
+        "ARCHITECTURES in interventions/core/sites.py: an ArchRow with family, "
+        f"model_types=({model_type or 'model_type'!r},), layers_path (the list of decoder "
+        "layers, e.g. 'model.layers'), sites (a SiteSpec(path, 'output' | 'input') in a layer "
+        f"for each of {', '.join(SITES)}: attn_z is the input of the attention output projection, mlp_act "
+        "the input of the MLP down projection), dims (reads num_layers, d_model, num_heads, "
+        "head_dim, d_mlp, num_kv_heads from the config), norms (Norms(attn, mlp, final)) and qkv "
+        "(QKVProjections(paths, layout), or None). Step by step, with Phi-3 as the worked "
+        "example: docs/your-model.md."
     )
 
 

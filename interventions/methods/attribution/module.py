@@ -207,7 +207,8 @@ def finish_attribution_run(
         else [str(p) for p in range(module.edit.num_positions)]
     )
     name = f"{h.method} scores as ActivScalar on {h.backbone} (beta* = {beta:g})"
-    art.plot("heatmap", plots.site_heatmaps(alpha, tokens, module.layers, title=name))
+    label = f"α = {h.method} score as an activation scalar (unitless; edit h · (1 + β α))"
+    art.plot("heatmap", plots.site_heatmaps(alpha, tokens, module.layers, name, value_label=label))
     curve = sweep.curve()
     art.write_json("plots/logits_vs_beta.json", curve)
     lines = plots.logits_vs_beta(curve, title=f"{name}, validation")

@@ -24,7 +24,7 @@ from interventions.core.hooks import record
 from interventions.edits import ActivScalar, DynScalar, PointEdit, SteerVec
 from interventions.evaluation.generation import samples_markdown, steered_continuations
 from interventions.reporting.artifacts import RunArtifacts, numbers
-from interventions.reporting.plots import logits_vs_beta, site_heatmaps
+from interventions.reporting.plots import HEATMAP_VALUE_LABELS, logits_vs_beta, site_heatmaps
 
 if TYPE_CHECKING:
     from interventions.methods.scaling.module import InterventionModule
@@ -85,7 +85,8 @@ def finish_run(module: InterventionModule) -> dict[str, dict[str, float]]:
     tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
     name = f"{type(module.edit).__name__} on {module.hparams.backbone}"
     values = heatmap_values(module.edit, module.model, ids)
-    art.plot("heatmap", site_heatmaps(values, tokens, module.edit.layers, title=name))
+    label = HEATMAP_VALUE_LABELS.get(module.edit.kind)
+    art.plot("heatmap", site_heatmaps(values, tokens, module.edit.layers, name, value_label=label))
     art.write_json("plots/logits_vs_beta.json", curve)
     art.plot("logits_vs_beta", logits_vs_beta(curve, title=name))
     art.publish()
