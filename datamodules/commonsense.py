@@ -20,14 +20,19 @@ from torch.utils.data import DataLoader
 
 from datamodules.commonsense_items import (
     COPA_CONNECTIVES,
+    INSTRUCTION_TEMPLATES,
     TASK_FILES,
+    TASK_TEMPLATES,
     TASKS,
+    TEMPLATE_NAMES,
     TEMPLATES,
     ChoiceItem,
     ContrastivePair,
     Task,
     TaskTemplate,
+    TemplateName,
     check_task,
+    check_template,
     contrastive_pairs,
     download_task_file,
     load_task_items,
@@ -45,15 +50,21 @@ from interventions.core.backbone import load_tokenizer
 
 __all__ = [
     "COPA_CONNECTIVES",
+    "INSTRUCTION_TEMPLATES",
+    "STATISTIC_TOKENS",
     "TASKS",
     "TASK_FILES",
+    "TASK_TEMPLATES",
     "TEMPLATES",
+    "TEMPLATE_NAMES",
     "ChoiceCollator",
     "ChoiceItem",
     "CommonsenseDataModule",
     "ContrastivePair",
     "PairCollator",
+    "StatisticToken",
     "TaskTemplate",
+    "answer_read_offsets",
     "contrastive_pairs",
     "download_task_file",
     "load_task_items",
@@ -80,31 +91,79 @@ def _check_side(name: str, side: str) -> None:
         raise ValueError(f"{name} must be 'left' or 'right', got {side!r}")
 
 
-class PairCollator:
-    """Tokenizes a list of :class:`ContrastivePair` into padded positive and negative batches."""
+StatisticToken = Literal["answer", "last"]
+"""Where the statistic of a contrastive text is read (see :mod:`datamodules.commonsense_items`)."""
 
-    def __init__(self, tokenizer: Any, padding_side: Literal["left", "right"] = "left") -> None:
+STATISTIC_TOKENS: tuple[str, ...] = ("answer", "last")
+"""Every value of ``statistic_token``."""
+
+
+def _check_statistic_token(value: str) -> None:
+    if value not in STATISTIC_TOKENS:
+        raise ValueError(
+            f"statistic_token must be 'answer' (the last token where the positive and the "
+            f"negative differ) or 'last' (each text's last token), got {value!r}"
+        )
+
+
+def answer_read_offsets(positive: Sequence[int], negative: Sequence[int]) -> int:
+    """How many tokens after the answer token both texts have: the length of the longest token
+    suffix they share, capped so that at least one token of each text comes before it.
+
+    ``positive`` and ``negative`` are the token ids of the two texts of a pair; the answer token
+    of each is its last token before that shared suffix (0: the texts differ in their last
+    token, which is then the answer token).
+    """
+    cap = min(len(positive), len(negative)) - 1
+    shared = 0
+    while shared < cap and positive[-1 - shared] == negative[-1 - shared]:
+        shared += 1
+    return max(shared, 0)
+
+
+class PairCollator:
+    """Tokenizes a list of :class:`ContrastivePair` into padded positive and negative batches,
+    with the token each text's statistic is read at (``pos_read_offset`` / ``neg_read_offset``:
+    real tokens after it, 0 = the last one; see ``statistic_token``)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        padding_side: Literal["left", "right"] = "left",
+        statistic_token: StatisticToken = "answer",
+    ) -> None:
         """Wrap a tokenizer.
 
         Args:
             tokenizer: A Hugging Face tokenizer with a pad token.
             padding_side: Side on which the texts are padded.
+            statistic_token: ``"answer"``: read each text at its answer token, the last token
+                before the token suffix the positive and the negative share
+                (:func:`answer_read_offsets`); ``"last"``: at its last token.
         """
         _check_side("padding_side", padding_side)
+        _check_statistic_token(statistic_token)
         self.tokenizer = tokenizer
         self.padding_side = padding_side
+        self.statistic_token = statistic_token
 
     def __call__(self, pairs: list[ContrastivePair]) -> dict[str, Tensor]:
         """Pad the positives and the negatives (see the module docstring for the keys)."""
         batch: dict[str, Tensor] = {}
-        for key, texts in (
-            ("pos", [p.positive for p in pairs]),
-            ("neg", [p.negative for p in pairs]),
-        ):
-            encoded = self.tokenizer(texts)["input_ids"]
-            ids, mask = _pad(encoded, self.tokenizer.pad_token_id, self.padding_side)
+        encoded = {
+            "pos": self.tokenizer([p.positive for p in pairs])["input_ids"],
+            "neg": self.tokenizer([p.negative for p in pairs])["input_ids"],
+        }
+        for key, rows in encoded.items():
+            ids, mask = _pad(rows, self.tokenizer.pad_token_id, self.padding_side)
             batch[f"{key}_input_ids"] = ids  # [batch, seq]
             batch[f"{key}_attention_mask"] = mask  # [batch, seq]
+        if self.statistic_token == "answer":
+            offsets = [answer_read_offsets(p, n) for p, n in zip(*encoded.values(), strict=True)]
+        else:
+            offsets = [0] * len(pairs)
+        for key in encoded:  # the same count of shared tokens follows both answer tokens
+            batch[f"{key}_read_offset"] = torch.tensor(offsets, dtype=torch.long)  # [batch]
         return batch
 
 
@@ -199,6 +258,8 @@ class CommonsenseDataModule(LightningDataModule):
         download: bool = False,
         padding_side: Literal["left", "right"] = "left",
         num_workers: int = 0,
+        template: TemplateName = "cloze",
+        statistic_token: StatisticToken = "answer",
     ) -> None:
         """Configure the datamodule (this signature is the YAML/CLI schema).
 
@@ -222,10 +283,20 @@ class CommonsenseDataModule(LightningDataModule):
             padding_side: Side on which the contrastive pair batches are padded (multiple-choice
                 batches pad prompts on the left and continuations on the right).
             num_workers: DataLoader worker processes.
+            template: The prompt format: ``cloze`` (the answer continues the text, scored by
+                its log-likelihood) or ``instruction`` (AUSteer's paper's format: an
+                instruction with the options labelled, answered with a letter, ``" A"`` /
+                ``" B"``, or ``" Yes"`` / ``" No"``; the letters are the choices); see
+                :mod:`datamodules.commonsense_items`.
+            statistic_token: Where the statistic of each contrastive text is read:
+                ``answer`` (the last token where the positive and the negative differ: the
+                answer, not a final ``"."`` both share) or ``last`` (each text's last token).
         """
         super().__init__()
         if type(self).load_items is CommonsenseDataModule.load_items:
             check_task(task)  # a subclass that reads its own items names its task itself
+        check_template(template)
+        _check_statistic_token(statistic_token)
         if pool_size < 1:
             raise ValueError(
                 f"CommonsenseDataModule: the contrastive pool is empty: pool_size={pool_size}. "
@@ -250,6 +321,8 @@ class CommonsenseDataModule(LightningDataModule):
         self.download = download
         self.padding_side = padding_side
         self.num_workers = num_workers
+        self.template = template
+        self.statistic_token = statistic_token
 
         self._tokenizer: Any | None = None
         self._splits: dict[str, list[ChoiceItem]] | None = None
@@ -334,7 +407,7 @@ class CommonsenseDataModule(LightningDataModule):
 
     def load_items(self) -> list[ChoiceItem]:
         """All items of the task, in file order (a subclass may read them from elsewhere)."""
-        return load_task_items(self.task, self.data_dir)
+        return load_task_items(self.task, self.data_dir, self.template)
 
     def _ensure_setup(self) -> dict[str, list[ChoiceItem]]:
         if self._splits is None:
@@ -378,7 +451,7 @@ class CommonsenseDataModule(LightningDataModule):
     @property
     def pair_collator(self) -> PairCollator:
         """The collate function of the contrastive pair batches."""
-        return PairCollator(self.tokenizer, padding_side=self.padding_side)
+        return PairCollator(self.tokenizer, self.padding_side, self.statistic_token)
 
     @property
     def choice_collator(self) -> ChoiceCollator:

@@ -3,7 +3,7 @@
 A task is a list of :class:`ChoiceItem`: a prompt, its answer continuations and the index of the
 correct one. The data module serves two kinds of batches:
 
-* **contrastive pairs** (``train_dataloader``) for methods that read activations at the last
+* **contrastive pairs** (``train_dataloader``) for methods that read activations at the answer
   token of a positive text (prompt + correct answer) and of a negative one (prompt + a wrong
   answer), as in AUSteer's Appendix B.1 / SADI;
 * **multiple-choice batches** (``val_dataloader`` / ``test_dataloader``) scored by the
@@ -29,21 +29,47 @@ section 3):
       {"context_options": ["... so Sarah", "... so Maria"],
        "continuation": "always got the easier cases.", "gold": 1}
 
-**Templates** (:data:`TEMPLATES`, one per task; answers are short, single-line continuations)::
+**Templates.** Two formats, chosen with ``template`` (:data:`TEMPLATE_NAMES`):
 
-    boolq       prompt  "Passage: {passage}\\nQuestion: {question}?\\nAnswer:"
-                choices " no", " yes"
-    copa        prompt  "{premise} {connective}"   premise without its final period,
-                        connective "because" (asks for the cause) / "therefore" (the effect)
-                choices " {alternative}"           first letter lower-cased
-    winogrande  prompts "{context}"                one prompt per choice: the two context options
-                choices " {continuation}"          the same continuation for both choices (no
-                                                   space when it starts with "." or "'")
+* ``cloze`` (:data:`TEMPLATES`, the default; answers are short, single-line continuations scored
+  by their log-likelihood)::
 
-e.g. COPA id 1 is ``"My body cast a shadow over the grass because"`` with choices
-``" the sun was rising."`` (gold) and ``" the grass was cut."``. This is the SuperGLUE-style
-language-model format (as in lm-evaluation-harness; llm-foundry's ``copa.jsonl`` writes a comma
-before the connective). A BoolQ question keeps its lower case; its ``?`` is written once.
+      boolq       prompt  "Passage: {passage}\\nQuestion: {question}?\\nAnswer:"
+                  choices " no", " yes"
+      copa        prompt  "{premise} {connective}"   premise without its final period,
+                          connective "because" (asks for the cause) / "therefore" (the effect)
+                  choices " {alternative}"           first letter lower-cased
+      winogrande  prompts "{context}"                one prompt per choice: the two context options
+                  choices " {continuation}"          the same continuation for both choices (no
+                                                     space when it starts with "." or "'")
+
+  e.g. COPA id 1 is ``"My body cast a shadow over the grass because"`` with choices
+  ``" the sun was rising."`` (gold) and ``" the grass was cut."``. This is the SuperGLUE-style
+  language-model format (as in lm-evaluation-harness; llm-foundry's ``copa.jsonl`` writes a comma
+  before the connective). A BoolQ question keeps its lower case; its ``?`` is written once.
+
+* ``instruction`` (:data:`INSTRUCTION_TEMPLATES`): the format AUSteer's paper evaluates with
+  (Appendix B.3: SADI's templates, which the paper does not print), written for this project
+  from that description: an instruction, the question with its options labelled, and an answer
+  of one token: the letter ``" A"`` / ``" B"`` (COPA, WinoGrande) or ``" Yes"`` / ``" No"``
+  (BoolQ). The choices *are* those answer tokens, so the log-likelihood scoring of the
+  multiple-choice evaluation is letter scoring, and a contrastive pair is prompt + correct letter
+  vs prompt + wrong letter::
+
+      boolq       "Read the passage and answer the question with Yes or No.\\n"
+                  "Passage: {passage}\\nQuestion: {question}?\\nAnswer:"
+                  choices " No", " Yes" (the file's order)
+      copa        "Choose the more plausible {cause|effect} of the premise. Answer with A or B.\\n"
+                  "Premise: {premise}\\nA. {alternative 1}\\nB. {alternative 2}\\nAnswer:"
+                  choices " A", " B"
+      winogrande  "Choose the option that fills the blank (_) in the sentence correctly. "
+                  "Answer with A or B.\\n"
+                  "Sentence: {sentence with _}\\nA. {option 1}\\nB. {option 2}\\nAnswer:"
+                  choices " A", " B"
+
+  The WinoGrande sentence and options are rebuilt from the file's two context options (their
+  common prefix, cut at a word boundary, is the text before the blank; the rest of each is its
+  option) and the continuation.
 
 **WinoGrande (partial scoring).** The two answers differ in the *context* (which name fills the
 blank), not in the text after it, so a :class:`ChoiceItem` may carry per-choice ``prompts``:
@@ -63,9 +89,24 @@ correct choice`` and ``negative = prompt + a wrong choice``, the wrong choice dr
 WinoGrande). Pair batches::
 
     {"pos_input_ids": LongTensor[batch, seq], "pos_attention_mask": LongTensor[batch, seq],
-     "neg_input_ids": LongTensor[batch, seq], "neg_attention_mask": LongTensor[batch, seq]}
+     "neg_input_ids": LongTensor[batch, seq], "neg_attention_mask": LongTensor[batch, seq],
+     "pos_read_offset": LongTensor[batch], "neg_read_offset": LongTensor[batch]}
 
 padded on ``padding_side`` (each of the two texts padded on its own).
+
+**Where the statistic is read** (``statistic_token``, the ``*_read_offset`` of a pair batch:
+how many real tokens of the text come after the read one, 0 = its last token). With
+``"answer"`` (the default) it is the *answer token*: the last token at which the positive and
+the negative differ, i.e. the last token before the longest token suffix the two texts share
+(at least one token of each text stays before it). Where the answers end the texts and differ
+in their last token (BoolQ, every ``instruction`` item: `` yes``/`` no``, the letter) that is the
+last token; where both continuations end in the same ``"."`` (cloze COPA) it is the last word of
+the answer; where the answers differ only in the blank (cloze WinoGrande, whose continuation is
+shared) it is the last token of the option that fills the blank.  AUSteer's paper reads the
+activations of its positive and negative samples at the answer, the last token of its
+one-token answers; this rule gives that token in the paper's format and its counterpart in the
+cloze format, instead of a final ``"."`` that both texts share.  ``"last"`` reads each text's
+last token.
 
 **Multiple-choice batches** (:class:`ChoiceCollator`): ``B`` items with ``C_b`` choices give
 ``R = sum(C_b)`` rows, item by item and choice by choice::
@@ -128,12 +169,48 @@ class TaskTemplate:
     choice: str
 
 
+TemplateName = Literal["cloze", "instruction"]
+"""The prompt formats of the tasks (see the module docstring)."""
+
+TEMPLATE_NAMES: tuple[str, ...] = ("cloze", "instruction")
+"""Every prompt format."""
+
 TEMPLATES: dict[str, TaskTemplate] = {
     "boolq": TaskTemplate("Passage: {passage}\nQuestion: {question}?\nAnswer:", " {answer}"),
     "copa": TaskTemplate("{premise} {connective}", " {alternative}"),
     "winogrande": TaskTemplate("{context}", " {continuation}"),
 }
-"""The prompt template of each task (see the module docstring for the fields)."""
+"""The ``cloze`` prompt template of each task (see the module docstring for the fields)."""
+
+INSTRUCTION_TEMPLATES: dict[str, TaskTemplate] = {
+    "boolq": TaskTemplate(
+        "Read the passage and answer the question with Yes or No.\n"
+        "Passage: {passage}\nQuestion: {question}?\nAnswer:",
+        " {answer}",
+    ),
+    "copa": TaskTemplate(
+        "Choose the more plausible {relation} of the premise. Answer with A or B.\n"
+        "Premise: {premise}\nA. {option_a}\nB. {option_b}\nAnswer:",
+        " {letter}",
+    ),
+    "winogrande": TaskTemplate(
+        "Choose the option that fills the blank (_) in the sentence correctly. "
+        "Answer with A or B.\n"
+        "Sentence: {sentence}\nA. {option_a}\nB. {option_b}\nAnswer:",
+        " {letter}",
+    ),
+}
+"""The ``instruction`` prompt template of each task, written for this project from the AUSteer
+paper's description of its format (see the module docstring)."""
+
+TASK_TEMPLATES: dict[str, dict[str, TaskTemplate]] = {
+    "cloze": TEMPLATES,
+    "instruction": INSTRUCTION_TEMPLATES,
+}
+"""The templates of each format, by task."""
+
+LETTERS = "AB"
+"""The option letters of the ``instruction`` format (COPA and WinoGrande have two options)."""
 
 COPA_CONNECTIVES: dict[str, str] = {"cause": "because", "effect": "therefore"}
 """COPA's connective for each value of ``asks-for``."""
@@ -259,8 +336,8 @@ def _field(path: Path, where: int | str, record: dict[str, Any], key: str) -> An
     return record[key]
 
 
-def _read_boolq(path: Path) -> list[ChoiceItem]:
-    template = TEMPLATES["boolq"]
+def _read_boolq(path: Path, style: str = "cloze") -> list[ChoiceItem]:
+    template = TASK_TEMPLATES[style]["boolq"]
     items = []
     for line, record in _read_jsonl(path):
         query = str(_field(path, line, record, "query")).strip()
@@ -275,10 +352,13 @@ def _read_boolq(path: Path) -> list[ChoiceItem]:
             passage=passage.removeprefix("Passage: ").strip(),
             question=question.strip().rstrip("?").strip(),
         )
+        answers = [str(c).strip() for c in choices]
+        if style == "instruction":
+            answers = [a.capitalize() for a in answers]  # "no" -> "No", "yes" -> "Yes"
         items.append(
             ChoiceItem(
                 prompt=prompt,
-                choices=tuple(template.choice.format(answer=str(c).strip()) for c in choices),
+                choices=tuple(template.choice.format(answer=a) for a in answers),
                 gold=int(_field(path, line, record, "gold")),
             )
         )
@@ -289,8 +369,8 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _read_copa(path: Path) -> list[ChoiceItem]:
-    template = TEMPLATES["copa"]
+def _read_copa(path: Path, style: str = "cloze") -> list[ChoiceItem]:
+    template = TASK_TEMPLATES[style]["copa"]
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
@@ -314,33 +394,49 @@ def _read_copa(path: Path) -> list[ChoiceItem]:
                 f"{path}: {where} has asks-for={asks_for!r} (expected cause or effect) and "
                 f"most-plausible-alternative={answer!r} (expected 1 or 2)"
             )
-        premise = texts["p"].removesuffix(".")
-        by_id[item_id] = ChoiceItem(
-            prompt=template.prompt.format(premise=premise, connective=COPA_CONNECTIVES[asks_for]),
-            choices=tuple(
+        if style == "instruction":
+            prompt = template.prompt.format(
+                relation=asks_for, premise=texts["p"], option_a=texts["a1"], option_b=texts["a2"]
+            )
+            choices = tuple(template.choice.format(letter=letter) for letter in LETTERS)
+        else:
+            premise = texts["p"].removesuffix(".")
+            connective = COPA_CONNECTIVES[asks_for]
+            prompt = template.prompt.format(premise=premise, connective=connective)
+            choices = tuple(
                 template.choice.format(alternative=_lower_first(texts[tag])) for tag in ("a1", "a2")
-            ),
-            gold=int(answer) - 1,
-        )
+            )
+        by_id[item_id] = ChoiceItem(prompt=prompt, choices=choices, gold=int(answer) - 1)
     return [by_id[i] for i in sorted(by_id)]
+
+
+def _before_blank(contexts: Sequence[str]) -> str:
+    """The text before the blank: the contexts' common prefix cut at a word boundary."""
+    prefix = os.path.commonprefix(list(contexts))
+    if len(set(contexts)) > 1:
+        prefix = prefix[: prefix.rfind(" ") + 1]  # "... but the b" -> "... but the "
+    return prefix
 
 
 def _blanked(contexts: Sequence[str]) -> str:
     """The sentence up to the blank: the contexts' common prefix cut at a word boundary + "_"."""
-    prefix = os.path.commonprefix(list(contexts))
-    if len(set(contexts)) > 1:
-        prefix = prefix[: prefix.rfind(" ") + 1]  # "... but the b" -> "... but the "
-    return prefix + "_"
+    return _before_blank(contexts) + "_"
 
 
-def _read_winogrande(path: Path) -> list[ChoiceItem]:
-    template = TEMPLATES["winogrande"]
+def _read_winogrande(path: Path, style: str = "cloze") -> list[ChoiceItem]:
+    template = TASK_TEMPLATES[style]["winogrande"]
     items = []
     for line, record in _read_jsonl(path):
         contexts = tuple(str(c).strip() for c in _field(path, line, record, "context_options"))
         continuation = str(_field(path, line, record, "continuation")).strip()
         if not continuation:
             raise ValueError(f"{path}:{line}: empty continuation")
+        gold = int(_field(path, line, record, "gold"))
+        if style == "instruction":
+            items.append(
+                _winogrande_instruction(path, line, template, contexts, continuation, gold)
+            )
+            continue
         choice = template.choice.format(continuation=continuation)
         if continuation.startswith(_NO_SPACE_BEFORE):
             choice = choice.lstrip(" ")  # "... the factory" + "." / "Sarah" + "'s face."
@@ -348,11 +444,38 @@ def _read_winogrande(path: Path) -> list[ChoiceItem]:
             ChoiceItem(
                 prompt=_blanked(contexts),
                 choices=(choice,) * len(contexts),
-                gold=int(_field(path, line, record, "gold")),
+                gold=gold,
                 prompts=tuple(template.prompt.format(context=c) for c in contexts),
             )
         )
     return items
+
+
+def _winogrande_instruction(
+    path: Path,
+    line: int,
+    template: TaskTemplate,
+    contexts: Sequence[str],
+    continuation: str,
+    gold: int,
+) -> ChoiceItem:
+    """A WinoGrande record in the ``instruction`` format: the sentence with its blank, the two
+    options labelled A and B, answered with the letter."""
+    before = _before_blank(contexts)
+    options = [c[len(before) :].strip() for c in contexts]
+    if len(options) != len(LETTERS) or not all(options):
+        raise ValueError(
+            f"{path}:{line}: the instruction template needs two context options that differ "
+            f"at the blank, got {list(contexts)!r}"
+        )
+    space = "" if continuation.startswith(_NO_SPACE_BEFORE) else " "
+    sentence = f"{before}_{space}{continuation}"
+    prompt = template.prompt.format(sentence=sentence, option_a=options[0], option_b=options[1])
+    return ChoiceItem(
+        prompt=prompt,
+        choices=tuple(template.choice.format(letter=letter) for letter in LETTERS),
+        gold=gold,
+    )
 
 
 _READERS = {"boolq": _read_boolq, "copa": _read_copa, "winogrande": _read_winogrande}
@@ -363,21 +486,37 @@ def check_task(task: str) -> None:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
 
-def load_task_items(task: str, data_dir: str | Path | None = None) -> list[ChoiceItem]:
-    """All items of a task, in file order (COPA: by id), rendered with :data:`TEMPLATES`.
+def check_template(template: str) -> None:
+    """A clear error for an unknown prompt format."""
+    if template not in TEMPLATE_NAMES:
+        raise ValueError(
+            f"unknown template {template!r}; expected one of {', '.join(TEMPLATE_NAMES)} "
+            "(cloze: the answer continues the text; instruction: options labelled, answered "
+            "with a letter or Yes/No)"
+        )
+
+
+def load_task_items(
+    task: str, data_dir: str | Path | None = None, template: str = "cloze"
+) -> list[ChoiceItem]:
+    """All items of a task, in file order (COPA: by id), rendered in one prompt format.
 
     Args:
         task: ``"boolq"``, ``"copa"`` or ``"winogrande"``.
         data_dir: Folder holding :data:`TASK_FILES` (default: the lookup order of
             :mod:`datamodules.sources`, ending with ``../shared/data``).
+        template: ``"cloze"`` (:data:`TEMPLATES`) or ``"instruction"``
+            (:data:`INSTRUCTION_TEMPLATES`); see the module docstring.
 
     Raises:
-        ValueError: Unknown task or malformed record (the message names file and line / id).
+        ValueError: Unknown task or template, or malformed record (the message names file and
+            line / id).
         FileNotFoundError: The task's file is missing (a ``DataFileNotFoundError``).
     """
     check_task(task)
+    check_template(template)
     path = find_data_file(TASK_FILES[task], data_dir, who=f"{task}: ")
-    return _READERS[task](path)
+    return _READERS[task](path, template)
 
 
 # ---------------------------------------------------------------------------- download

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from datamodules.commonsense import ChoiceItem, CommonsenseDataModule
+from datamodules.commonsense import ChoiceItem, CommonsenseDataModule, StatisticToken
 from datamodules.file_records import Columns, Record, inherited_hparams, read_records, source_name
 from interventions.core.errors import ConfigError
 
@@ -115,6 +115,7 @@ class MultipleChoiceFileDataModule(CommonsenseDataModule):
         seed: int = 0,
         padding_side: Literal["left", "right"] = "left",
         num_workers: int = 0,
+        statistic_token: StatisticToken = "answer",
     ) -> None:
         """Read and check the file (this signature is the YAML/CLI schema).
 
@@ -142,6 +143,9 @@ class MultipleChoiceFileDataModule(CommonsenseDataModule):
             seed: Seed of the split and of the wrong answers of the contrastive pairs.
             padding_side: Side on which the contrastive pair batches are padded.
             num_workers: DataLoader worker processes.
+            statistic_token: Where the statistic of each contrastive text is read: ``answer``
+                (the last token where the positive and the negative differ, e.g. not a final
+                ``"."`` both choices end with) or ``last`` (each text's last token).
         """
         name = type(self).__name__
         source, records = read_records(path, split, subset)
@@ -159,6 +163,7 @@ class MultipleChoiceFileDataModule(CommonsenseDataModule):
             seed=seed,
             padding_side=padding_side,
             num_workers=num_workers,
+            statistic_token=statistic_token,
         )
         self.path = path
         self.source = source

@@ -6,11 +6,14 @@ import pytest
 import torch
 from conftest import random_batch, tiny_model
 
+from datamodules.commonsense import _pad
 from interventions.core.hooks import attach, position_ids, record
-from interventions.core.sites import model_dims
+from interventions.core.sites import SITES, model_dims
 from interventions.edits import EDITS, AUScale, AUShift
 from interventions.edits.artifact import load_intervention, save_intervention
 from interventions.methods.austeer.units import (
+    STAT_SITES,
+    ZERO_TOL,
     MomentumStats,
     activation_difference_units,
     au_activations,
@@ -40,7 +43,7 @@ NEG = torch.tensor([[0.0, 1, 5], [1, 0, 4], [1, 1, 6], [1, 0, 6]])[:, None, :]  
 
 
 def _hand_stats() -> MomentumStats:
-    stats = MomentumStats(track_abs=True)
+    stats = MomentumStats(track_abs=True, zero_tol=0.0)
     stats.update({"mlp_act": POS}, {"mlp_act": NEG})
     return stats
 
@@ -71,15 +74,98 @@ def test_momentum_scores_and_gammas_by_hand():
     assert activation_difference_units(stats, k=2) == [(0, "mlp_act", 0), (0, "mlp_act", 1)]
 
 
+def test_zero_tol_counts_differences_at_noise_level_as_zero():
+    """|m| <= zero_tol * scale counts as zero, scale = the pair's mean |x| over the layer's units
+    (both texts), so a unit near zero in both texts gets the layer's threshold, not its own."""
+    assert ZERO_TOL == 1e-3 and MomentumStats().zero_tol == ZERO_TOL
+    # one pair, 1 layer x 4 units; mean |x_pos| = 2.5, mean |x_neg| = 2.5 -> scale 2.5
+    pos = torch.tensor([[[4.0, 6.0, 1e-6, -0.1]]])  # [1, 1, 4]
+    neg = torch.tensor([[[4.0 + 1e-4, 5.0, 3e-6, 0.0]]])
+    neg[0, 0, 3] = -0.1 - 2e-3  # |m| = 2e-3 <= 0.01 * 2.5 but > 1e-4 * 2.5
+    neg[0, 0, 1] = 6.0 - 2.5e-3  # scale stays ~2.5 (mean |x| of each text)
+    for tol, positive, negative in (
+        (0.0, [0, 1, 0, 1], [1, 0, 1, 0]),  # exact signs: every tiny difference counts
+        (1e-4, [0, 1, 0, 1], [0, 0, 0, 0]),  # 1e-4 and 2e-6 are below 2.5e-4
+        (1e-2, [0, 0, 0, 0], [0, 0, 0, 0]),  # everything is below 2.5e-2
+    ):
+        stats = MomentumStats(zero_tol=tol)
+        stats.update({"attn_z": pos}, {"attn_z": neg})
+        assert stats.count_pos["attn_z"][0].tolist() == positive, tol
+        assert stats.count_neg["attn_z"][0].tolist() == negative, tol
+        # the mean difference (activation-difference localisation, fixed vector) keeps it all
+        torch.testing.assert_close(stats.mean_diff["attn_z"], (pos - neg)[0].float())
+    restored = MomentumStats()
+    restored.load_state_dict(stats.state_dict())
+    assert restored.zero_tol == 1e-2 and stats.select(["attn_z"]).zero_tol == 1e-2
+    old = stats.state_dict()
+    del old["zero_tol"]  # saved before the tolerance existed: exact signs
+    restored.load_state_dict(old)
+    assert restored.zero_tol == 0.0
+    with pytest.raises(ValueError, match="zero_tol must be >= 0"):
+        MomentumStats(zero_tol=-1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+def test_batched_statistics_equal_one_at_a_time(arch):
+    """Left-padded batches and one text at a time give the same counts, scores and top-k.
+
+    Half the pairs are the same text twice: their momentum is exactly 0 one text at a time and
+    float noise in padded batches (the negatives of the other pairs are longer, so the two
+    copies are padded differently), whose signs the exact comparison (``zero_tol=0``) counts."""
+    model = tiny_model(arch)
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    for j in range(24):
+        pos = torch.randint(3, 96, (int(torch.randint(4, 20, (1,), generator=g)),), generator=g)
+        neg = torch.randint(3, 96, (int(torch.randint(20, 30, (1,), generator=g)),), generator=g)
+        pairs.append((pos.tolist(), pos.tolist() if j % 2 else neg.tolist()))
+    sites = list(STAT_SITES)
+
+    def statistics(zero_tol: float) -> tuple[MomentumStats, MomentumStats]:
+        batched, single = MomentumStats(zero_tol=zero_tol), MomentumStats(zero_tol=zero_tol)
+        for lo in range(0, len(pairs), 8):
+            chunk = pairs[lo : lo + 8]
+            batched.update(
+                *(
+                    au_activations(model, *_pad([p[k] for p in chunk], 0, "left"), sites)
+                    for k in (0, 1)
+                )
+            )
+        for pair in pairs:
+            single.update(
+                *(
+                    au_activations(
+                        model, torch.tensor([t]), torch.ones(1, len(t), dtype=torch.long), sites
+                    )
+                    for t in pair
+                )
+            )
+        return batched, single
+
+    batched, single = statistics(ZERO_TOL)
+    for site in sites:
+        assert torch.equal(batched.count_pos[site], single.count_pos[site]), site
+        assert torch.equal(batched.count_neg[site], single.count_neg[site]), site
+        one = {site: batched.scores[site]}
+        assert top_k_units(one, 20) == top_k_units({site: single.scores[site]}, 20)
+    assert top_k_units(batched.scores, 50) == top_k_units(single.scores, 50)
+    exact_batched, exact_single = statistics(0.0)  # without the tolerance, noise is counted
+    assert any(
+        not torch.equal(getattr(exact_batched, name)[site], getattr(exact_single, name)[site])
+        for site in sites
+        for name in ("count_pos", "count_neg")
+    )
+
+
 def test_running_statistics_equal_one_shot():
     g = torch.Generator().manual_seed(0)
     # small integers, so that many momenta are exactly 0 and every sum is exact
     widths = {"mlp_act": 4, "attn_z": 5}
     pos = {s: torch.randint(-2, 3, (10, 3, w), generator=g).float() for s, w in widths.items()}
     neg = {s: torch.randint(-2, 3, (10, 3, w), generator=g).float() for s, w in widths.items()}
-    one_shot = MomentumStats(track_abs=True)
+    one_shot = MomentumStats(track_abs=True, zero_tol=0.0)
     one_shot.update(pos, neg)
-    running = MomentumStats(track_abs=True)
+    running = MomentumStats(track_abs=True, zero_tol=0.0)
     for lo, hi in [(0, 5), (5, 6), (6, 6), (6, 10)]:  # uneven batches, one of them empty
         running.update({s: t[lo:hi] for s, t in pos.items()}, {s: t[lo:hi] for s, t in neg.items()})
     assert running.n == one_shot.n == 10
@@ -169,7 +255,7 @@ def _values(dims, site: str, layer: int, picks: dict[int, float]) -> dict[str, t
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "phi3", "gemma2"])
-@pytest.mark.parametrize("site", ["mlp_act", "attn_z", "resid_post"])
+@pytest.mark.parametrize("site", SITES)
 @pytest.mark.parametrize("kind", ["auscale", "aushift"])
 def test_steering_changes_only_the_selected_dims(arch, site, kind):
     model = tiny_model(arch)
@@ -320,6 +406,20 @@ def test_au_activations_and_pipeline():
     right = au_activations(model, right_ids, right_mask, sites)
     for site in sites:
         torch.testing.assert_close(right[site], acts[site], atol=1e-5, rtol=1e-5)
+    # the token read_offset real tokens before the last: the same as the text cut after it
+    offset = torch.tensor([2, 0, 3])
+    for side, (b_ids, b_mask) in (("left", (ids, mask)), ("right", (right_ids, right_mask))):
+        early = au_activations(model, b_ids, b_mask, sites, read_offset=offset)
+        for row, cut in enumerate(offset.tolist()):
+            text = rows[row][: len(rows[row]) - cut][None]
+            alone = au_activations(model, text, torch.ones_like(text), sites)
+            for site in sites:
+                torch.testing.assert_close(early[site][row], alone[site][0], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(early["mlp_act"][0], acts["mlp_act"][0]), side
+    with pytest.raises(ValueError, match="outside their"):
+        au_activations(model, ids, mask, sites, read_offset=torch.tensor([0, 7, 0]))
+    with pytest.raises(ValueError, match="one value per row"):
+        au_activations(model, ids, mask, sites, read_offset=torch.tensor([0, 1]))
     partial = au_activations(model, ids, mask, ["mlp_act"], layers=[1])["mlp_act"]
     assert torch.equal(partial[:, 1], acts["mlp_act"][:, 1])
     assert not partial[:, [0, 2]].any()

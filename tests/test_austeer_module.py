@@ -10,6 +10,7 @@ import torch
 
 from interventions.edits.artifact import load_intervention
 from interventions.evaluation.multiple_choice import evaluate_accuracy
+from interventions.methods.austeer.units import STAT_SITES
 from interventions.reporting.run_folder import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,8 @@ def test_ablations_build_their_edits(method, tiny_backbone_dir, tmp_path):
     module = cli.model
     kind = "aushift" if method == "fixed_vector" else "auscale"
     assert module.edit.kind == kind and module.edit.num_steered() <= 3
-    values = module.edit.params["mlp_act"][:, 0]
+    assert module.hparams.site == "mlp_out"  # AUSteer-FFN steers the MLP output
+    values = module.edit.params["mlp_out"][:, 0]
     if method == "fixed_strength":
         nonzero = values[values != 0].abs()
         assert torch.allclose(nonzero, nonzero[0].expand_as(nonzero))
@@ -117,6 +119,10 @@ def test_bad_input(tiny_backbone_dir):
         AUSteerModule(backbone=tiny_backbone_dir, site="mlp_act", k=10_000)
     with pytest.raises(ValueError, match="method must be one of"):
         AUSteerModule(backbone=tiny_backbone_dir, method="magic")
+    with pytest.raises(ValueError, match="zero_tol must be >= 0"):
+        AUSteerModule(backbone=tiny_backbone_dir, zero_tol=-1.0)
+    with pytest.raises(ValueError, match="Unknown site 'mlp'"):
+        AUSteerModule(backbone=tiny_backbone_dir, site="mlp")
 
 
 def test_results_table_driver(tiny_backbone_dir, tmp_path):
@@ -138,6 +144,26 @@ def test_results_table_driver(tiny_backbone_dir, tmp_path):
     assert "| AUSteer-Head |" in (tmp_path / "table.md").read_text()
     # a second call trains nothing (every metrics.json exists) and gives the same table
     assert main(["--tasks", "copa", "--out", str(tmp_path)]) == table
+    # head and FFN rows only, in the instruction protocol: folders and a table of their own
+    instruction = main(
+        [
+            "--tasks", "copa", "--methods", "head", "ffn", "--template", "instruction",
+            "--out", str(tmp_path), "--",
+            f"--model.backbone={tiny_backbone_dir}", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--data.pool_size=6", "--data.num_val=4",
+            "--data.max_test=4", "--model.k_grid=[1]", "--model.alpha_grid=[2.0]",
+            f"--model.cache_dir={tmp_path / 'stats_cache'}",
+        ]
+    )  # fmt: skip
+    assert set(instruction) == {"vanilla", "AUSteer-Head", "AUSteer-FFN"}
+    assert (tmp_path / "austeer_ffn_copa_instruction").is_dir()
+    assert "| AUSteer-FFN |" in (tmp_path / "table_instruction.md").read_text()
+    assert main(["--tasks", "copa", "--out", str(tmp_path)]) == table  # the cloze table is kept
+    run = resolve_run(tmp_path / "austeer_head_copa_instruction")
+    hparams = (run / "config.yaml").read_text()
+    assert "template: instruction" in hparams
+    with pytest.raises(SystemExit):
+        main(["--tasks", "copa", "--out", str(tmp_path), "--", "--data.template=instruction"])
 
 
 def test_statistics_cache_serves_a_later_run(tiny_backbone_dir, tmp_path):
@@ -152,7 +178,7 @@ def test_statistics_cache_serves_a_later_run(tiny_backbone_dir, tmp_path):
     )  # fmt: skip
     assert second.model._stats_from_cache
     assert second.trainer.global_step == 0  # no batch of the pool was read
-    for site in ("attn_z", "mlp_act", "resid_post"):
+    for site in STAT_SITES:  # every site of the table
         assert torch.equal(first.model.stats.count_pos[site], second.model.stats.count_pos[site])
         assert torch.equal(first.model.stats.sum_diff[site], second.model.stats.sum_diff[site])
     # another pool (another seed draws other wrong answers / items) is not served from it
@@ -162,3 +188,68 @@ def test_statistics_cache_serves_a_later_run(tiny_backbone_dir, tmp_path):
     )  # fmt: skip
     assert not third.model._stats_from_cache
     assert len(list(cache.glob("copa-*.pt"))) == 2
+    # the pairs alone do not decide the statistics: the tolerance, the token they are read at and
+    # the template are in the key too (steering positions are not: they change no statistic)
+    positions = _fit(
+        "configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path / "d",
+        f"--model.cache_dir={cache}", "--model.positions=last",
+    )  # fmt: skip
+    assert positions.model._stats_from_cache
+    for n, extra in enumerate(
+        ["--model.zero_tol=0.0", "--data.statistic_token=last", "--data.template=instruction"]
+    ):
+        other = _fit(
+            "configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path / f"e{n}",
+            f"--model.cache_dir={cache}", extra,
+        )  # fmt: skip
+        assert not other.model._stats_from_cache, extra
+        assert len(list(cache.glob("copa-*.pt"))) == 3 + n
+
+
+def test_answer_token_statistics_differ_from_last_token(tiny_backbone_dir, tmp_path):
+    """COPA's cloze texts end in the same "." : the statistic is read at the answer's last
+    word by default, which gives other counts than the final token."""
+    answer = _fit("configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path / "a")
+    last = _fit(
+        "configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path / "b",
+        "--data.statistic_token=last",
+    )  # fmt: skip
+    assert answer.datamodule.statistic_token == "answer"
+    batch = next(iter(answer.datamodule.train_dataloader()))
+    assert bool((batch["pos_read_offset"] >= 1).all())  # at least the shared "."
+    assert not torch.equal(
+        answer.model.stats.sum_diff["mlp_out"], last.model.stats.sum_diff["mlp_out"]
+    )
+
+
+@pytest.mark.parametrize("site", ["attn_out", "mlp_act", "resid_post"])
+def test_every_site_of_the_table_runs(site, tiny_backbone_dir, tmp_path):
+    """Every site of the sites table is an AU site (mlp_act: the FFN variant on the down_proj
+    input), with the default all-position steering."""
+    cli = _fit(
+        "configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path,
+        f"--model.site={site}", "--model.k=2", "--model.alpha=5.0",
+    )  # fmt: skip
+    module = cli.model
+    assert module.hparams.site == site and list(module.edit.params) == [site]
+    assert module.edit.positions == "all"
+    width = module.dims.width(site)
+    assert module.edit.params[site].shape[-1] == width
+    assert 1 <= module.edit.num_steered() <= 2
+    metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
+    assert metrics["site"] == site
+
+
+def test_defaults_steer_every_position(tiny_backbone_dir):
+    from interventions.core.sites import SITES
+    from interventions.methods.austeer.module import AUSteerModule
+
+    module = AUSteerModule(backbone=tiny_backbone_dir)
+    assert module.hparams.positions == "all" and module.hparams.zero_tol == 1e-3
+    assert module.stat_sites == list(SITES)
+    for config in CONFIGS:
+        text = (ROOT / config).read_text()
+        if "austeer_" in config:
+            assert "positions: all" in text, config
+        if "austeer_ffn" in config:
+            assert "site: mlp_out" in text, config

@@ -28,6 +28,7 @@ from datamodules.commonsense import (
     ChoiceItem,
     CommonsenseDataModule,
     ContrastivePair,
+    answer_read_offsets,
     contrastive_pairs,
     download_task_file,
     load_task_items,
@@ -58,6 +59,12 @@ SPLITS = {"boolq": (1000, 100, 2170), "copa": (200, 100, 200), "winogrande": (58
 def items() -> dict[str, list[ChoiceItem]]:
     """Every item of every task, read once."""
     return {task: load_task_items(task) for task in TASKS}
+
+
+@pytest.fixture(scope="module")
+def instruction_items() -> dict[str, list[ChoiceItem]]:
+    """Every item of every task in the instruction format, read once."""
+    return {task: load_task_items(task, template="instruction") for task in TASKS}
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +180,51 @@ def test_winogrande_template_scores_the_shared_continuation(items):
     assert any(item.choices[0].startswith("'s ") for item in items["winogrande"])
 
 
+def test_instruction_templates(items, instruction_items):
+    """The paper's format: an instruction, the options labelled, a one-token answer; the same
+    items and gold answers as the cloze format."""
+    for task in TASKS:
+        cloze, letters = items[task], instruction_items[task]
+        assert len(letters) == len(cloze)
+        assert [i.gold for i in letters] == [i.gold for i in cloze]
+        assert all(item.prompt.endswith("\nAnswer:") and item.prompts is None for item in letters)
+    boolq = instruction_items["boolq"][0]
+    assert boolq.prompt.startswith(
+        "Read the passage and answer the question with Yes or No.\nPassage: All biomass goes"
+    )
+    assert boolq.prompt.endswith(
+        "\nQuestion: does ethanol take more energy make that produces?\nAnswer:"
+    )
+    assert boolq.choices == (" No", " Yes") and boolq.gold == 0
+    assert instruction_items["copa"][0] == ChoiceItem(
+        prompt="Choose the more plausible cause of the premise. Answer with A or B.\n"
+        "Premise: My body cast a shadow over the grass.\n"
+        "A. The sun was rising.\nB. The grass was cut.\nAnswer:",
+        choices=(" A", " B"),
+        gold=0,
+    )
+    assert instruction_items["copa"][8].prompt.startswith(
+        "Choose the more plausible effect of the premise."
+    )
+    assert instruction_items["winogrande"][0] == ChoiceItem(
+        prompt="Choose the option that fills the blank (_) in the sentence correctly. "
+        "Answer with A or B.\n"
+        "Sentence: Sarah was a much better surgeon than Maria so _ always got the easier "
+        "cases.\nA. Sarah\nB. Maria\nAnswer:",
+        choices=(" A", " B"),
+        gold=1,
+    )
+    # a continuation that attaches to the blank keeps no space: "_'s" / "_."
+    attached = [i for i in instruction_items["winogrande"] if "Sentence: " in i.prompt]
+    assert any("_'s " in i.prompt for i in attached) and any(
+        "_.\nA. " in i.prompt for i in attached
+    )
+    with pytest.raises(ValueError, match="unknown template 'chat'"):
+        load_task_items("copa", template="chat")
+    with pytest.raises(ValueError, match="unknown template"):
+        CommonsenseDataModule(task="copa", template="chat")  # type: ignore[arg-type]
+
+
 def test_contrastive_pairs(make):
     for task in TASKS:
         dm = make(task=task, pool_size=40)
@@ -201,6 +253,8 @@ def test_pair_batches(make, tok, side):
         "pos_attention_mask",
         "neg_input_ids",
         "neg_attention_mask",
+        "pos_read_offset",
+        "neg_read_offset",
     }
     first = commonsense.longest_first(dm.contrastive_pairs())[:4]  # the loader's order
     for key, texts in (
@@ -213,6 +267,57 @@ def test_pair_batches(make, tok, side):
             assert ids[row][mask[row].bool()].tolist() == tok(text)["input_ids"]
         edge = mask[:, -1] if side == "left" else mask[:, 0]
         assert bool(edge.all())
+
+
+def test_answer_read_offsets_by_hand():
+    assert answer_read_offsets([1, 2, 3], [4, 2, 3]) == 2  # shared "2 3": read at 1 and 4
+    assert answer_read_offsets([1, 2], [3, 4]) == 0  # the texts differ in their last token
+    assert answer_read_offsets([9, 1, 2], [7, 9, 1, 2]) == 2  # another length
+    assert answer_read_offsets([1, 2], [1, 2]) == 1  # one token of each stays before it
+    assert answer_read_offsets([5], [6, 5]) == 0
+    with pytest.raises(ValueError, match="statistic_token must be"):
+        CommonsenseDataModule(task="copa", statistic_token="first")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("task", "template", "statistic_token"),
+    [
+        ("copa", "cloze", "answer"),
+        ("winogrande", "cloze", "answer"),
+        ("boolq", "cloze", "answer"),
+        ("copa", "instruction", "answer"),
+        ("winogrande", "instruction", "answer"),
+        ("copa", "cloze", "last"),
+    ],
+)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pairs_are_read_at_the_answer_token(make, tok, task, template, statistic_token, side):
+    """The read token is the last one where positive and negative differ: COPA's answer word
+    before the shared ".", WinoGrande's option before the shared continuation, the answer itself
+    when the texts end in it (BoolQ, letters); ``last`` reads the final token."""
+    dm = make(
+        task=task, pool_size=16, batch_size=8, padding_side=side, template=template,
+        statistic_token=statistic_token,
+    )  # fmt: skip
+    pairs = commonsense.longest_first(dm.contrastive_pairs())[:8]
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.equal(batch["pos_read_offset"], batch["neg_read_offset"])
+    for row, pair in enumerate(pairs):
+        pos, neg = tok(pair.positive)["input_ids"], tok(pair.negative)["input_ids"]
+        offset = int(batch["pos_read_offset"][row])
+        if statistic_token == "last":
+            assert offset == 0
+            continue
+        assert pos[len(pos) - 1 - offset] != neg[len(neg) - 1 - offset]  # the answer token
+        assert pos[len(pos) - offset :] == neg[len(neg) - offset :]  # then what both share
+        if task == "copa" and template == "cloze":
+            assert offset >= 1 and tok.decode(pos[len(pos) - offset :]).endswith(".")
+        elif task == "winogrande" and template == "cloze":  # the continuation is shared
+            shared = tok.decode(pos[len(pos) - offset :])
+            assert offset >= 2 and pair.positive.endswith(shared)
+            assert pair.negative.endswith(shared)
+        else:
+            assert offset == 0  # the answer ends the text: " yes" / " no", " A" / " B"
 
 
 # ---------------------------------------------------------------------------- collator
@@ -240,6 +345,15 @@ def test_answer_boundary_needs_no_fallback(tok, items):
     collator = ChoiceCollator(tok)
     collator.encode(items["copa"] + items["winogrande"] + items["boolq"][:100])
     assert collator.num_fallbacks == 0
+
+
+def test_letter_answers_are_one_token(tok, instruction_items):
+    """Letter scoring: every choice of the instruction format is one token after its prompt."""
+    collator = ChoiceCollator(tok)
+    chosen = instruction_items["copa"] + instruction_items["winogrande"]
+    rows = collator.encode(chosen + instruction_items["boolq"][:100])
+    assert collator.num_fallbacks == 0
+    assert all(len(answer) == 1 for _, answer in rows)
 
 
 def test_boundary_fallback_tokenizes_the_choice_alone(tok):
@@ -592,6 +706,57 @@ def test_evaluate_many_equals_one_setting_at_a_time(model, tok, items):
     assert many[0] == many[1]  # a zero edit changes nothing
     with pytest.raises(ValueError, match="at least one candidate"):
         evaluate_many(model, loader, [])
+
+
+@pytest.mark.parametrize("site", ["mlp_out", "attn_z"])
+def test_all_position_edits_score_as_full_forward_passes(model, tok, items, site):
+    """With ``positions="all"`` an edit changes every prompt token, so no prompt prefix is reused:
+    the scores equal one unpadded forward pass over each prompt + choice with the edit attached,
+    in a search (evaluate_many, next to a "last" edit that does reuse it) as in one setting."""
+    from interventions.core.hooks import attach
+    from interventions.evaluation.multiple_choice import (
+        evaluate_many,
+        leaves_prefix_alone,
+        prompt_prefix,
+    )
+    from interventions.methods.austeer.units import build_edit
+
+    chosen = scoring_items(items)
+    dims = model_dims(model)
+    values = torch.zeros(dims.num_layers, dims.width(site))
+    values[0, :6] = 3.0
+    values[1, 4:9] = -2.0
+    edit = build_edit(dims, {site: values}, "auscale", "all")
+    last = build_edit(dims, {site: values}, "auscale", "last")
+    assert not leaves_prefix_alone(edit) and leaves_prefix_alone(last)
+    expected = []
+    for item in chosen:
+        row = []
+        for c in range(item.num_choices):
+            prompt_len = len(tok(item.prompt_of(c))["input_ids"])
+            ids = torch.tensor([tok(item.text(c))["input_ids"]])  # [1, T]
+            with torch.no_grad(), attach(model, edit):
+                logp = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)  # [T, V]
+            targets = ids[0, prompt_len:]
+            row.append(float(logp[prompt_len - 1 : -1].gather(1, targets[:, None]).sum()))
+        row += [float("-inf")] * (3 - len(row))
+        expected.append(row)
+    batch = ChoiceCollator(tok)(chosen)
+    with torch.no_grad():
+        prefix = prompt_prefix(model, batch)  # offered, but an "all" edit must not use it
+        scores = choice_scores(model, batch, "sum", edit, prefix=prefix)
+        last_scores = choice_scores(model, batch, "sum", last, prefix=prefix)
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-4, rtol=0)
+    assert not torch.allclose(scores, last_scores, atol=1e-3)  # the prompt tokens were steered
+    loader = DataLoader(chosen, batch_size=4, collate_fn=ChoiceCollator(tok))
+    candidates = [None, (last, 1.0), (edit, 1.0)]
+    many = evaluate_many(model, loader, candidates, "sum")
+    single = [evaluate_accuracy(model, loader, "sum", e, b) for e, b in candidates[1:]]
+    assert many[1:] == single
+    hits = sum(
+        int(max(range(3), key=row.__getitem__) == item.gold) for row, item in zip(expected, chosen)
+    )
+    assert many[2] == pytest.approx(hits / len(chosen))
 
 
 def test_loaders_batch_longest_first(make):

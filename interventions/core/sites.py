@@ -8,10 +8,13 @@ site          what it carries                                                   
 ============  =====================================================================  ========
 resid_post    a layer's output residual stream                                       d_model
 attn_out      what the attention block adds to the residual stream                   d_model
-mlp_out       what the MLP block adds to the residual stream                         d_model
+mlp_out       what the MLP block adds to the residual stream (the output of the MLP  d_model
+              down projection; AUSteer-FFN's units as its authors steer them)
 attn_z        per-head attention outputs before the output projection                heads x head_dim
-              (the input of o_proj / c_proj / dense); unit = head
-mlp_act       the input of the MLP down projection (AUSteer's FFN units)             d_mlp
+              (the input of o_proj / c_proj / dense); unit = head (AUSteer-Head's
+              units: one dimension of it)
+mlp_act       the input of the MLP down projection (the MLP hidden activation; an    d_mlp
+              AUSteer-FFN variant steers its dimensions)
 ============  =====================================================================  ========
 
 Each :class:`ArchRow` maps these names to a module path relative to one decoder layer and the
@@ -56,13 +59,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import nn
 
 from interventions.core.errors import ConfigError, did_you_mean
 
-SITES: tuple[str, ...] = ("resid_post", "attn_out", "mlp_out", "attn_z", "mlp_act")
+Site = Literal["resid_post", "attn_out", "mlp_out", "attn_z", "mlp_act"]
+"""A site name (the type of a ``site`` argument a config may set)."""
+
+SITES: tuple[str, ...] = get_args(Site)
 """Every site name, in a fixed order."""
 
 READ_POINTS: tuple[str, ...] = (

@@ -360,7 +360,7 @@ class _AtomicUnitEdit(PointEdit):
 
     Args:
         dims: sizes of the model the edit is for (:func:`interventions.core.sites.model_dims`).
-        sites: site names, e.g. ``["mlp_act"]`` (AUSteer's FFN units) or ``["attn_z"]``.
+        sites: site names, e.g. ``["mlp_out"]`` (AUSteer-FFN's units) or ``["attn_z"]``.
         layers: layer indices; ``None`` means every layer.
         positions: ``"all"`` (every real token of every call, generated tokens too) or
             ``"last"`` (the prompt's last real token and every token generated after it).

@@ -8,8 +8,12 @@ One command trains every run from the ``configs/commonsense`` configs and aggreg
 Everything after ``--`` is passed to ``train.py fit`` for every run; a run whose
 ``metrics.json`` exists is not trained again, so an interrupted table continues where it stopped.
 The ablations (random and activation-difference localisation, fixed vector, fixed strength) use
-the ``--ablation_site`` variant (default FFN).  Results: ``<out>/table.json`` and
-``<out>/table.md``.
+the ``--ablation_site`` variant (default FFN).  ``--methods`` trains some rows only (e.g.
+``--methods head ffn``); ``--template instruction`` runs the paper's protocol (options labelled,
+answered with a letter / Yes-No) instead of the cloze one, into run folders and a table of its
+own (``<run>_instruction``, ``table_instruction``), so both protocols can share ``--out``.
+Results: ``<out>/table.json`` and ``<out>/table.md`` (``table_<template>`` for a template other
+than cloze).
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ ROWS = [
     ("fixed vector", None, "fixed_vector"),
     ("fixed strength", None, "fixed_strength"),
 ]
+"""(row name, config stem or ``None`` for an ablation, ablation method or ``None``)."""
+
+ROW_KEYS = {
+    "caa": "CAA",
+    "head": "AUSteer-Head",
+    "ffn": "AUSteer-FFN",
+    "random": "random localisation",
+    "actdiff": "activation-difference localisation",
+    "fixed_vector": "fixed vector",
+    "fixed_strength": "fixed strength",
+}
+"""The ``--methods`` name of each row."""
+
+TEMPLATES = ("cloze", "instruction")
 
 
 def markdown(table: dict[str, dict[str, dict]], tasks: list[str]) -> str:
@@ -47,19 +65,44 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--tasks", nargs="+", default=["boolq", "copa", "winogrande"])
     parser.add_argument("--ablation_site", choices=["head", "ffn"], default="ffn")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(ROW_KEYS),
+        default=list(ROW_KEYS),
+        help="rows to train (default: all): "
+        + ", ".join(f"{k} = {v}" for k, v in ROW_KEYS.items()),
+    )
+    parser.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="cloze",
+        help="prompt format (--data.template of every run): cloze (the answer continues the "
+        "text) or instruction (the paper's: options labelled, answered with a letter / Yes-No)",
+    )
     parser.add_argument("--configs", default="configs/commonsense")
     parser.add_argument("--out", default="runs/commonsense/table")
     args, extra = parse_args(parser, argv)
+    if any(arg.startswith("--data.template") for arg in extra):
+        parser.error(
+            "pass the prompt format as --template (before --), not --data.template after --: "
+            "the runs of each format go to folders and a table of their own."
+        )
     out = Path(args.out)
+    wanted = {ROW_KEYS[key] for key in args.methods}
+    suffix = "" if args.template == "cloze" else f"_{args.template}"
     table: dict[str, dict[str, dict]] = {"vanilla": {}}
     for task in args.tasks:
         for name, config, method in ROWS:
+            if name not in wanted:
+                continue
             stem = config or f"austeer_{args.ablation_site}"
-            run_extra = list(extra)
+            run_extra = [f"--data.template={args.template}", *extra]
             folder = f"{stem}_{task}"
             if method is not None:
                 run_extra.append(f"--model.method={method}")
                 folder = f"{method}_{args.ablation_site}_{task}"
+            folder += suffix
             config = Path(args.configs) / f"{stem}_{task}.yaml"
             metrics = fit_run(["--config", str(config), *run_extra], out / folder)
             table.setdefault(name, {})[task] = {
@@ -68,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "choice": metrics["choice"],
             }
             table["vanilla"][task] = {"accuracy": metrics["test/accuracy_vanilla"], "steered": 0}
-    write_table(out, table, markdown(table, args.tasks))
+    write_table(out, table, markdown(table, args.tasks), name=f"table{suffix}")
     return table
 
 

@@ -7,6 +7,7 @@
 from interventions.methods.austeer.module import AUSteerModule, unit_ranking
 from interventions.methods.austeer.units import (
     STAT_SITES,
+    ZERO_TOL,
     MomentumStats,
     au_activations,
     austeer_gammas,
@@ -16,6 +17,7 @@ from interventions.methods.austeer.units import (
 
 __all__ = [
     "STAT_SITES",
+    "ZERO_TOL",
     "AUSteerModule",
     "MomentumStats",
     "au_activations",

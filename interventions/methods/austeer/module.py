@@ -19,7 +19,7 @@ from torch import Tensor
 
 from interventions.core.backbone import DEFAULT_BACKBONE, cache_root
 from interventions.core.dispatch import DeviceMap, MaxMemory
-from interventions.core.sites import check_site, model_dims
+from interventions.core.sites import Site, check_site, model_dims
 from interventions.edits import PointEdit
 from interventions.evaluation.multiple_choice import (
     MultipleChoiceAccuracy,
@@ -30,6 +30,7 @@ from interventions.evaluation.multiple_choice import (
 )
 from interventions.methods.austeer.units import (
     STAT_SITES,
+    ZERO_TOL,
     Method,
     MomentumStats,
     activation_difference_units,
@@ -49,8 +50,11 @@ from interventions.reporting.computed import ComputedModule
 class AUSteerModule(ComputedModule):
     """AUSteer and its baselines/ablations as a LightningModule over a commonsense data module.
 
-    ``fit`` reads the AU activations of every contrastive pair at its last token and accumulates
-    :class:`MomentumStats` (one epoch, no optimiser); at the end it searches the steering
+    ``fit`` reads the AU activations of every contrastive pair at the token its data module
+    names (the answer token: ``pos_read_offset`` / ``neg_read_offset`` of the pair batches; the
+    last token without them) and accumulates :class:`MomentumStats` (one epoch, no optimiser;
+    a momentum within ``zero_tol`` of the activation scale counts as zero); at the end it
+    searches the steering
     hyperparameters on the small validation set, builds the final edit, exports it to
     ``<run>/intervention``, evaluates vanilla and steered test accuracy and writes
     ``metrics.json`` and the plots.  ``validate`` / ``test`` log ``accuracy`` (steered, once an
@@ -69,25 +73,34 @@ class AUSteerModule(ComputedModule):
 
     Args:
         backbone: model name or path (linked to the data module's ``backbone``).
-        site: AU site: ``attn_z`` (AUSteer-Head), ``mlp_act`` (AUSteer-FFN) or ``resid_post``.
+        site: AU site, any of the sites table: ``attn_z`` (AUSteer-Head: the per-head attention
+            outputs), ``mlp_out`` (AUSteer-FFN as its authors run it: the MLP output, the
+            ``down_proj`` output, d_model units), ``mlp_act`` (the FFN variant on the
+            ``down_proj`` input, d_mlp units), ``attn_out`` or ``resid_post``.
         method: see above.
         k: number of steered AUs; ``None`` searches ``k_grid``.
         alpha: global strength; ``None`` searches ``alpha_grid``.
-        k_grid: k values of the search (the paper sweeps 1..100).
-        alpha_grid: alpha values of the search (the paper sweeps 1..100).
-        positions: steer ``all`` tokens or the prompt's ``last`` token and every answer token.
+        k_grid: k values of the search, 7 by default (the paper sweeps 1..100).
+        alpha_grid: alpha values of the search, 7 by default (the paper sweeps 1..100).
+        positions: steer ``all`` real tokens (the default, as the authors do: prompt and
+            answer) or the prompt's ``last`` token and every answer token.
         normalize: multiple-choice score: ``mean`` (length-normalised) or ``sum`` log-likelihood.
         caa_layers: candidate layers of CAA (``None``: all).
         caa_multipliers: candidate multipliers of CAA.
         seed: seed of the random localisation.
+        zero_tol: a momentum ``|x_pos - x_neg| <= zero_tol * scale`` counts as zero in the sign
+            counts, ``scale`` the pair's mean ``|x|`` over the layer's units
+            (:class:`MomentumStats`); it keeps float noise (left-padded batches vs one text at a
+            time) out of the counts.  ``0``: exact signs.
         dtype: backbone dtype.
         device_map: Accelerate device map splitting the backbone over GPUs, ``cpu`` and ``disk``
             (``auto``, ``sequential`` or module -> device); ``None``: all on the trainer's device.
         max_memory: memory per device for ``device_map``, e.g. ``{0: 20GiB, cpu: 60GiB}``.
         offload_folder: folder for the backbone weights ``device_map`` puts on ``disk``.
-        stats_cache: keep the momentum statistics on disk, keyed by the backbone, dtype and the
-            exact contrastive pairs: a later run on the same pool (another method, k, alpha or
-            site among ``STAT_SITES``) loads them and skips the pass over the pool.
+        stats_cache: keep the momentum statistics on disk, keyed by all that decides them (the
+            backbone, dtype, sites read, ``zero_tol``, the exact contrastive pairs, the data
+            module's template and statistic token): a later run on the same pool (another
+            method, k, alpha, positions or site) loads them and skips the pass over the pool.
         cache_dir: folder of that cache (default
             ``$XDG_CACHE_HOME/learned-interventions/austeer_stats``).
     """
@@ -95,17 +108,18 @@ class AUSteerModule(ComputedModule):
     def __init__(
         self,
         backbone: str = DEFAULT_BACKBONE,
-        site: Literal["attn_z", "mlp_act", "resid_post"] = "attn_z",
+        site: Site = "attn_z",
         method: Method = "austeer",
         k: int | None = None,
         alpha: float | None = None,
         k_grid: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100),
         alpha_grid: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0),
-        positions: Literal["all", "last"] = "last",
+        positions: Literal["all", "last"] = "all",
         normalize: Literal["sum", "mean"] = "mean",
         caa_layers: list[int] | None = None,
         caa_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0),
         seed: int = 0,
+        zero_tol: float = ZERO_TOL,
         dtype: str = "float32",
         device_map: DeviceMap | None = None,
         max_memory: MaxMemory | None = None,
@@ -118,6 +132,8 @@ class AUSteerModule(ComputedModule):
             raise ValueError(f"method must be one of {list(Method.__args__)}, got {method!r}.")  # type: ignore[attr-defined]
         if k is not None and k < 1:
             raise ValueError(f"k must be >= 1 (or None to search k_grid), got {k}.")
+        if not zero_tol >= 0:
+            raise ValueError(f"zero_tol must be >= 0 (0: exact signs), got {zero_tol!r}.")
         if method == "caa":
             site = "resid_post"
         check_site(site)
@@ -131,7 +147,7 @@ class AUSteerModule(ComputedModule):
                     f"k={k} is larger than the number of atomic units of {site!r}: "
                     f"{self.dims.num_layers} layers x {self.dims.width(site)} = {units}."
                 )
-        self.stats = MomentumStats()
+        self.stats = self.new_stats()
         self._stats_from_cache = False
         self.edit: PointEdit | None = None
         self.beta = 1.0
@@ -146,9 +162,14 @@ class AUSteerModule(ComputedModule):
     # ------------------------------------------------------------------ statistics
     @property
     def stat_sites(self) -> list[str]:
-        """The sites whose statistics one pass collects: this run's site and ``STAT_SITES``
-        (reading them all costs one forward pass, and lets the cache serve every method)."""
+        """The sites whose statistics one pass collects: ``STAT_SITES`` (every site) and this
+        run's site (reading them all costs one forward pass, and lets the cache serve every
+        method and site)."""
         return list(dict.fromkeys([*STAT_SITES, self.hparams.site]))
+
+    def new_stats(self) -> MomentumStats:
+        """Empty statistics with this run's tolerance."""
+        return MomentumStats(zero_tol=self.hparams.zero_tol)
 
     def stats_cache_path(self) -> Path | None:
         """The cache file of this run's statistics (``None`` when caching is off or there is no
@@ -161,6 +182,10 @@ class AUSteerModule(ComputedModule):
             "backbone": str(self.hparams.backbone),
             "dtype": self.hparams.dtype,
             "sites": self.stat_sites,
+            "zero_tol": float(self.hparams.zero_tol),
+            # where the statistic is read (the texts alone do not say) and how they were made
+            "statistic_token": getattr(dm, "statistic_token", "last"),
+            "template": getattr(dm, "template", None),
             "pairs": pairs,
         }
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
@@ -169,7 +194,7 @@ class AUSteerModule(ComputedModule):
         return root / f"{getattr(dm, 'task', 'pairs')}-{digest}.pt"
 
     def reset_statistics(self) -> None:
-        self.stats = MomentumStats()
+        self.stats = self.new_stats()
         self._stats_from_cache = False
         path = self.stats_cache_path()
         if path is not None and path.is_file():
@@ -177,7 +202,7 @@ class AUSteerModule(ComputedModule):
                 self.stats.load_state_dict(torch.load(path, weights_only=True))
             except (OSError, RuntimeError, KeyError, ValueError):
                 rank_zero_warn(f"AUSteer statistics cache {path} is unreadable; recomputing it.")
-                self.stats = MomentumStats()
+                self.stats = self.new_stats()
             else:
                 self._stats_from_cache = True
                 rank_zero_info(f"Loaded momentum statistics of {self.stats.n} pairs from {path}.")
@@ -187,8 +212,16 @@ class AUSteerModule(ComputedModule):
 
     def accumulate(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         sites = self.stat_sites
-        pos = au_activations(self.model, batch["pos_input_ids"], batch["pos_attention_mask"], sites)
-        neg = au_activations(self.model, batch["neg_input_ids"], batch["neg_attention_mask"], sites)
+        pos, neg = (
+            au_activations(
+                self.model,
+                batch[f"{key}_input_ids"],
+                batch[f"{key}_attention_mask"],
+                sites,
+                read_offset=batch.get(f"{key}_read_offset"),  # None: the last token
+            )
+            for key in ("pos", "neg")
+        )
         self.stats.update(pos, neg)
 
     def reduce_statistics(self) -> None:
@@ -214,7 +247,7 @@ class AUSteerModule(ComputedModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("momentum_stats") is not None:
-            self.stats = MomentumStats()
+            self.stats = self.new_stats()
             self.stats.load_state_dict(checkpoint["momentum_stats"])
         self.choice = checkpoint.get("austeer_choice") or {}
         if self.choice and self.stats.n:
@@ -270,7 +303,8 @@ class AUSteerModule(ComputedModule):
 
         All settings are scored in one pass over the loader (:func:`evaluate_many`): each batch
         is loaded once, and with ``positions="last"`` its prompt prefix runs once for all of
-        them.
+        them (with ``positions="all"`` an edit changes every prompt token, so each setting runs
+        the whole prompt).
         """
         settings = self.grid()
         candidates = [None, *(self.build(**setting) for setting in settings)]
