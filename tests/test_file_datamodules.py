@@ -5,7 +5,6 @@ the example configs of configs/files/."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -30,8 +29,6 @@ from interventions.reporting.run_folder import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "data"
-HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
-HAS_DATASETS = importlib.util.find_spec("datasets") is not None
 
 CAPITALS = [
     {"prompt": "The capital of France is", "correct": "Paris", "wrong": "Rome"},
@@ -135,39 +132,76 @@ def test_every_format_gives_the_same_behavior_and_choice_items(suffix, wrap, tmp
     ]
 
 
-def test_parquet_gives_the_same_examples_or_names_the_missing_library(tmp_path):
-    path = tmp_path / "capitals.parquet"
-    if HAS_PYARROW:
-        write(path, CAPITALS)
-        parquet = ContrastiveFileDataModule(path=str(path))
-        jsonl = ContrastiveFileDataModule(path=str(write(tmp_path / "c.jsonl", CAPITALS)))
-        assert [ex for _, ex in parquet._rows] == [ex for _, ex in jsonl._rows]
-        assert parquet.rows[0] == "row 1"
-    else:
-        path.write_bytes(b"PAR1")
-        with pytest.raises(ConfigError) as info:
-            ContrastiveFileDataModule(path=str(path))
-        assert "pip install pyarrow" in one_line(info) and str(path) in str(info.value)
+def test_parquet_gives_the_same_examples(tmp_path):
+    path = write(tmp_path / "capitals.parquet", CAPITALS)
+    parquet = ContrastiveFileDataModule(path=str(path))
+    jsonl = ContrastiveFileDataModule(path=str(write(tmp_path / "c.jsonl", CAPITALS)))
+    assert len(parquet._rows) == len(CAPITALS)
+    assert [ex for _, ex in parquet._rows] == [ex for _, ex in jsonl._rows]
+    assert parquet.rows[0] == "row 1"
 
 
-def test_hugging_face_datasets_need_the_library(tmp_path, monkeypatch):
-    """A dataset name or a saved folder goes to the datasets library; without it, one line says
-    how to install it (never a network call here: HF_DATASETS_OFFLINE)."""
+def test_parquet_without_pyarrow_names_the_library(tmp_path, monkeypatch):
+    path = write(tmp_path / "capitals.parquet", CAPITALS)
+    # an installed-but-missing library: importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ConfigError) as info:
+        ContrastiveFileDataModule(path=str(path))
+    assert "pip install pyarrow" in one_line(info) and str(path) in str(info.value)
+
+
+def test_hugging_face_saved_dataset_and_data_folder(tmp_path, monkeypatch):
+    """A saved dataset (``save_to_disk``) and a folder of data files (``load_dataset(folder)``)
+    give the same examples as the jsonl file; a missing split is named with the ones there are.
+    Never a network call here: HF_DATASETS_OFFLINE."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    if HAS_DATASETS:
-        import datasets
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    import datasets
 
-        folder = tmp_path / "saved"
-        datasets.Dataset.from_list(CAPITALS).save_to_disk(str(folder))
-        dm = ContrastiveFileDataModule(path=str(folder))
-        jsonl = ContrastiveFileDataModule(path=str(write(tmp_path / "c.jsonl", CAPITALS)))
-        assert [ex for _, ex in dm._rows] == [ex for _, ex in jsonl._rows]
-        assert dm.rows[0] == "row 1"
-    else:
-        for name in ("someone/capitals", str(tmp_path)):
-            with pytest.raises(ConfigError) as info:
-                ContrastiveFileDataModule(path=name)
-            assert "pip install datasets" in one_line(info) and repr(name) in str(info.value)
+    jsonl = ContrastiveFileDataModule(path=str(write(tmp_path / "c.jsonl", CAPITALS)))
+    expected = [ex for _, ex in jsonl._rows]
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(CAPITALS).save_to_disk(str(saved))
+    dm = ContrastiveFileDataModule(path=str(saved))
+    assert [ex for _, ex in dm._rows] == expected and dm.rows[0] == "row 1"
+
+    saved_dict = tmp_path / "saved_dict"
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(CAPITALS)}).save_to_disk(
+        str(saved_dict)
+    )
+    assert [
+        ex for _, ex in ContrastiveFileDataModule(path=str(saved_dict), split="test")._rows
+    ] == (expected)
+    with pytest.raises(ConfigError) as info:
+        ContrastiveFileDataModule(path=str(saved_dict), split="train")
+    assert "no split 'train'" in one_line(info) and "['test']" in str(info.value)
+
+    folder = tmp_path / "data_files"
+    folder.mkdir()
+    write(folder / "train.jsonl", CAPITALS)
+    from_folder = ContrastiveFileDataModule(path=str(folder))
+    assert [ex for _, ex in from_folder._rows] == expected
+
+
+def test_hugging_face_name_offline_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    with pytest.raises(ConfigError) as info:
+        ContrastiveFileDataModule(path="someone/no-such-capitals")
+    assert "'someone/no-such-capitals'" in one_line(info) and "could not be loaded" in str(
+        info.value
+    )
+
+
+def test_hugging_face_without_datasets_names_the_library(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    for name in ("someone/capitals", str(tmp_path)):
+        with pytest.raises(ConfigError) as info:
+            ContrastiveFileDataModule(path=name)
+        assert "pip install datasets" in one_line(info) and repr(name) in str(info.value)
 
 
 def test_the_example_files_read_and_split(tiny_backbone_dir):

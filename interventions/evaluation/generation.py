@@ -31,7 +31,8 @@ def steered_continuations(
     """Greedy continuations of each prompt with ``edit`` attached at each beta.
 
     Args:
-        model, tokenizer: the backbone the edit was made for.
+        model: the backbone the edit was made for.
+        tokenizer: its tokenizer.
         edit: any edit (:func:`interventions.edits.artifact.load_intervention`).
         prompts: texts, tokenised as they are (apply a chat template first if the edit was
             trained on chat prompts); the tokenizer must pad on the left.  A position-tied edit
