@@ -119,7 +119,8 @@ def _read_parquet(path: Path) -> list[Record]:
     except ImportError as err:
         raise ConfigError(
             f"{path}: reading a .parquet file needs pyarrow, which is not installed: "
-            "pip install pyarrow (or save the data as .jsonl / .csv)."
+            "pip install pyarrow (it comes with the project's [files] extra, which `make install` "
+            "installs), or save the data as .jsonl / .csv."
         ) from err
     rows = pq.read_table(path).to_pylist()
     return [Record(f"row {i}", dict(row)) for i, row in enumerate(rows, start=1)]
@@ -133,7 +134,7 @@ def _read_dataset(name: str, split: str, subset: str | None) -> tuple[str, list[
         raise ConfigError(
             f"{name!r} is not a file ending in {', '.join(SUFFIXES)}; reading a Hugging Face "
             "dataset (a hub name or a saved folder) needs the datasets library, which is not "
-            "installed: pip install datasets. Or pass a path to a .jsonl / .json / .csv file."
+            "installed: pip install datasets (the project's [files] extra has it). Or pass a path to a .jsonl / .json / .csv file."
         ) from err
     folder = Path(name)
     try:
