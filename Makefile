@@ -85,10 +85,10 @@ format: $(STAMP)
 # The documentation site (mkdocs.yml, docs/): a broken link, anchor or API name fails the build.
 # tests/test_docs.py runs the same strict build inside `make test`.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 docs-serve: $(STAMP)
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 bench: $(STAMP)
 	$(PY) bench/bench_hooks.py
