@@ -232,3 +232,60 @@ def test_ddp_spawn_runs_a_computed_method(tiny_backbone_dir, tmp_path):
     )  # fmt: skip
     metrics = json.loads((resolve_run(run) / "metrics.json").read_text())
     assert metrics["num_pairs"] == 6
+
+
+# The file data modules (your own data, configs/files/): the same checks as the built-in sets.
+def _example(name: str) -> str:
+    return f"--data.init_args.path={ROOT / 'examples' / 'data' / name}"
+
+
+def test_contrastive_file_trains_under_ddp_like_one_process(tiny_backbone_dir, tmp_path):
+    common = [
+        f"--model.backbone={tiny_backbone_dir}", _example("capitals.jsonl"),
+        "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1",
+        "--data.init_args.num_train=8", "--data.init_args.num_val=2",
+        "--data.init_args.num_test=2",
+    ]  # fmt: skip
+    one, two, runs = _run_both(
+        "configs/files/contrastive.yaml", tmp_path, common,
+        ["--data.init_args.batch_size=8"], ["--data.init_args.batch_size=4"],
+    )  # fmt: skip
+    _same_export(
+        resolve_run(runs["one"]) / "intervention", resolve_run(runs["two"]) / "intervention", 1e-5
+    )
+    _assert_numbers_close(one["test"], two["test"], 1e-4)
+    _assert_numbers_close(one["train"], two["train"], 1e-4)
+
+
+def test_behavior_file_caa_under_ddp_equals_one_process(tiny_backbone_dir, tmp_path):
+    common = [
+        f"--model.backbone={tiny_backbone_dir}", _example("caution_ab.jsonl"),
+        "--model.sweep_chunk_size=2",
+    ]  # fmt: skip
+    one, two, runs = _run_both(
+        "configs/files/behavior_caa.yaml", tmp_path, common,
+        [f"--model.sweep_cache_dir={tmp_path / 'c1'}"],
+        [f"--model.sweep_cache_dir={tmp_path / 'c2'}"],
+    )  # fmt: skip
+    _same_export(
+        resolve_run(runs["one"]) / "intervention", resolve_run(runs["two"]) / "intervention", 1e-6
+    )
+    _assert_numbers_close(one, two, 1e-6)
+    _lists_close(one["test/steerability_per_layer"], two["test/steerability_per_layer"], 1e-6)
+
+
+def test_multiple_choice_file_austeer_under_ddp_equals_one_process(tiny_backbone_dir, tmp_path):
+    common = [
+        f"--model.backbone={tiny_backbone_dir}", _example("science_quiz.jsonl"),
+        "--data.init_args.batch_size=2", "--model.k_grid=[1,3]", "--model.alpha_grid=[1.0,10.0]",
+    ]  # fmt: skip
+    one, two, runs = _run_both(
+        "configs/files/multiple_choice_austeer.yaml", tmp_path, common,
+        [f"--model.cache_dir={tmp_path / 's1'}"], [f"--model.cache_dir={tmp_path / 's2'}"],
+    )  # fmt: skip
+    assert one["num_pairs"] == two["num_pairs"] > 0  # every pair exactly once
+    assert one["choice"] == two["choice"]
+    _assert_numbers_close(one, two, 1e-6)
+    _same_export(
+        resolve_run(runs["one"]) / "intervention", resolve_run(runs["two"]) / "intervention", 1e-6
+    )
