@@ -13,12 +13,15 @@ the ``--ablation_site`` variant (default FFN).  ``--methods`` trains some rows o
 answered with a letter / Yes-No) instead of the cloze one, into run folders and a table of its
 own (``<run>_instruction``, ``table_instruction``), so both protocols can share ``--out``.
 Results: ``<out>/table.json`` and ``<out>/table.md`` (``table_<template>`` for a template other
-than cloze).
+than cloze). A table run in parts (``--tasks copa winogrande``, then ``--tasks boolq``; or some
+``--methods`` at a time) is merged into one: the cells of the previous ``table.json`` that a call
+does not produce are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from interventions.experiments.runner import fit_run, markdown_table, parse_args, write_table
@@ -46,6 +49,7 @@ ROW_KEYS = {
 """The ``--methods`` name of each row."""
 
 TEMPLATES = ("cloze", "instruction")
+TASK_ORDER = ("boolq", "copa", "winogrande")
 
 
 def markdown(table: dict[str, dict[str, dict]], tasks: list[str]) -> str:
@@ -111,8 +115,34 @@ def main(argv: list[str] | None = None) -> dict:
                 "choice": metrics["choice"],
             }
             table["vanilla"][task] = {"accuracy": metrics["test/accuracy_vanilla"], "steered": 0}
-    write_table(out, table, markdown(table, args.tasks), name=f"table{suffix}")
+    table, tasks = merge_previous(out / f"table{suffix}.json", table, args.tasks)
+    write_table(out, table, markdown(table, tasks), name=f"table{suffix}")
     return table
+
+
+def merge_previous(
+    path: Path, table: dict[str, dict[str, dict]], tasks: list[str]
+) -> tuple[dict[str, dict[str, dict]], list[str]]:
+    """The table of this call plus the cells of the previous ``table.json`` at ``path`` that
+    this call did not produce (other tasks or rows), and the merged task columns.
+
+    A table run in parts (``--tasks copa winogrande``, then ``--tasks boolq``) ends as one table
+    of every task; a cell this call produced replaces the previous one.
+    """
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    merged = {row: dict(previous.get(row, {})) for row in previous}
+    for row, cells in table.items():
+        merged.setdefault(row, {}).update(cells)
+    order = ["vanilla", *(name for name, _, _ in ROWS)]
+    merged = {row: merged[row] for row in sorted(merged, key=lambda r: _index(order, r))}
+    seen = {task for cells in merged.values() for task in cells}
+    columns = [t for t in TASK_ORDER if t in seen]
+    columns += sorted(seen - set(columns))
+    return merged, columns
+
+
+def _index(order: list[str], item: str) -> int:
+    return order.index(item) if item in order else len(order)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ arguments, and write a result table.
 * :func:`parse_args` splits a driver's own arguments from the ``train.py fit`` arguments after
   ``--`` (passed to every run);
 * :func:`markdown_table` formats rows of cells;
-* :func:`write_table` writes ``<out>/table.json`` and ``<out>/table.md`` and prints the markdown.
+* :func:`write_table` writes ``<out>/table.json`` and ``<out>/table.md`` and prints the markdown;
+  a previous table it would lose is kept as ``table.prev<N>.*``.
 """
 
 from __future__ import annotations
@@ -79,11 +80,38 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _contains(new: Any, old: Any) -> bool:
+    """Whether ``new`` holds everything of ``old`` unchanged (dicts key by key, else equality)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(k in new and _contains(new[k], v) for k, v in old.items())
+    return new == old
+
+
 def write_table(out: str | Path, table: Any, text: str, name: str = "table") -> Path:
-    """``<out>/<name>.json`` (the numbers) and ``<out>/<name>.md`` (``text``); prints ``text``."""
+    """``<out>/<name>.json`` (the numbers) and ``<out>/<name>.md`` (``text``); prints ``text``.
+
+    A previous table that the new one does not contain unchanged (another set of tasks, other
+    numbers) is not overwritten: it is renamed to ``<name>.prev<N>.{json,md}`` first, with the
+    first free ``N``, and a line says so. A table that only adds to the previous one replaces it.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(table, indent=2, default=str) + "\n")
+    data = json.loads(json.dumps(table, default=str))
+    path = out / f"{name}.json"
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if not _contains(data, previous):
+            n = 1
+            while (out / f"{name}.prev{n}.json").exists() or (out / f"{name}.prev{n}.md").exists():
+                n += 1
+            for ext in ("json", "md"):
+                if (out / f"{name}.{ext}").is_file():
+                    (out / f"{name}.{ext}").rename(out / f"{name}.prev{n}.{ext}")
+            print(f"the previous {path} differs from this table: kept as {name}.prev{n}.json/.md")
+    path.write_text(json.dumps(data, indent=2) + "\n")
     (out / f"{name}.md").write_text(text)
     print(text)
     return out / f"{name}.md"
