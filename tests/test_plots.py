@@ -193,3 +193,29 @@ def test_method_heatmaps_one_scale_per_method():
     assert actpatch.cmap.name == DIVERGING_CMAP and actpatch.norm.vmin == -actpatch.norm.vmax
     assert activscalar.cmap.name == SEQUENTIAL_CMAP and activscalar.norm.vmin == 0.0
     assert fig.get_suptitle()
+
+
+def test_publish_to_wandb_logs_each_figure_under_its_own_key(tmp_path, monkeypatch, caplog):
+    """Figures of different sizes go to ``plots/<stem>`` one by one (a list under one key is one
+    W&B panel, drawn wrong when sizes differ: "Images sizes do not match")."""
+    import logging
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from interventions.reporting.artifacts import publish_to_wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    images = []
+    for name, size in (("heatmap", (4, 3)), ("logits_vs_beta", (6, 2))):
+        fig = plt.figure(figsize=size)
+        fig.savefig(tmp_path / f"{name}.png")
+        plt.close(fig)
+        images.append(tmp_path / f"{name}.png")
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="plots-test")
+    with caplog.at_level(logging.WARNING):
+        publish_to_wandb([logger], images, metrics={"test/flip_rate": 0.5})
+    logger.experiment.finish()
+    media = list(tmp_path.glob("wandb/offline-run-*/files/media/images/plots/*.png"))
+    assert sorted(p.name.rsplit("_", 2)[0] for p in media) == ["heatmap", "logits_vs_beta"]
+    assert "sizes do not match" not in caplog.text

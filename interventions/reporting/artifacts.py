@@ -225,8 +225,8 @@ def publish_to_wandb(
     artifact_type: str = "intervention",
     metrics: Mapping[str, float] | None = None,
 ) -> None:
-    """Log PNG ``images`` (and scalar ``metrics``) to every WandbLogger, and ``folder`` as an
-    artifact of ``artifact_type``; other loggers are skipped."""
+    """Log each PNG of ``images`` under ``plots/<file stem>`` (and scalar ``metrics``) to every
+    WandbLogger, and ``folder`` as an artifact of ``artifact_type``; other loggers are skipped."""
     for logger in loggers:
         if not isinstance(logger, WandbLogger):
             continue
@@ -234,8 +234,10 @@ def publish_to_wandb(
 
         if metrics:
             logger.log_metrics(dict(metrics))
-        if images:
-            logger.log_image("plots", images=[str(p) for p in images])
+        # One key per figure (``plots/heatmap``, ...): W&B draws a list under one key as a
+        # single panel and mis-draws it when the figures differ in size.
+        for image in images:
+            logger.log_image(f"plots/{Path(image).stem}", images=[str(image)])
         if folder is not None:
             name = f"{artifact_type}-{logger.experiment.id}"
             artifact = wandb.Artifact(name, type=artifact_type)
