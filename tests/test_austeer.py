@@ -105,51 +105,67 @@ def test_zero_tol_counts_differences_at_noise_level_as_zero():
         MomentumStats(zero_tol=-1e-3)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
-def test_batched_statistics_equal_one_at_a_time(arch):
-    """Left-padded batches and one text at a time give the same counts, scores and top-k.
-
-    Half the pairs are the same text twice: their momentum is exactly 0 one text at a time and
-    float noise in padded batches (the negatives of the other pairs are longer, so the two
-    copies are padded differently), whose signs the exact comparison (``zero_tol=0``) counts."""
-    model = tiny_model(arch)
+def noise_pairs() -> list[tuple[list[int], list[int]]]:
+    """24 (positive, negative) token lists; every second pair is one text twice, so its momentum
+    is exactly 0 one text at a time and float noise in padded batches (the other pairs'
+    negatives are longer, so the two copies are padded differently)."""
     g = torch.Generator().manual_seed(0)
     pairs = []
     for j in range(24):
         pos = torch.randint(3, 96, (int(torch.randint(4, 20, (1,), generator=g)),), generator=g)
         neg = torch.randint(3, 96, (int(torch.randint(20, 30, (1,), generator=g)),), generator=g)
         pairs.append((pos.tolist(), pos.tolist() if j % 2 else neg.tolist()))
+    return pairs
+
+
+def batched_and_single_statistics(
+    model, pairs, zero_tol: float
+) -> tuple[MomentumStats, MomentumStats]:
+    """Momentum statistics of ``pairs`` from left-padded batches of 8 and one text at a time,
+    on the device of ``model``."""
+    device = next(model.parameters()).device
     sites = list(STAT_SITES)
-
-    def statistics(zero_tol: float) -> tuple[MomentumStats, MomentumStats]:
-        batched, single = MomentumStats(zero_tol=zero_tol), MomentumStats(zero_tol=zero_tol)
-        for lo in range(0, len(pairs), 8):
-            chunk = pairs[lo : lo + 8]
-            batched.update(
-                *(
-                    au_activations(model, *_pad([p[k] for p in chunk], 0, "left"), sites)
-                    for k in (0, 1)
+    batched, single = MomentumStats(zero_tol=zero_tol), MomentumStats(zero_tol=zero_tol)
+    for lo in range(0, len(pairs), 8):
+        chunk = pairs[lo : lo + 8]
+        batched.update(
+            *(
+                au_activations(
+                    model, *(t.to(device) for t in _pad([p[k] for p in chunk], 0, "left")), sites
                 )
+                for k in (0, 1)
             )
-        for pair in pairs:
-            single.update(
-                *(
-                    au_activations(
-                        model, torch.tensor([t]), torch.ones(1, len(t), dtype=torch.long), sites
-                    )
-                    for t in pair
+        )
+    for pair in pairs:
+        single.update(
+            *(
+                au_activations(
+                    model,
+                    torch.tensor([t], device=device),
+                    torch.ones(1, len(t), dtype=torch.long, device=device),
+                    sites,
                 )
+                for t in pair
             )
-        return batched, single
+        )
+    return batched, single
 
-    batched, single = statistics(ZERO_TOL)
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+def test_batched_statistics_equal_one_at_a_time(arch):
+    """Left-padded batches and one text at a time give the same counts, scores and top-k, where
+    the exact comparison (``zero_tol=0``) counts the signs of float noise (see ``noise_pairs``)."""
+    model = tiny_model(arch)
+    pairs = noise_pairs()
+    sites = list(STAT_SITES)
+    batched, single = batched_and_single_statistics(model, pairs, ZERO_TOL)
     for site in sites:
         assert torch.equal(batched.count_pos[site], single.count_pos[site]), site
         assert torch.equal(batched.count_neg[site], single.count_neg[site]), site
         one = {site: batched.scores[site]}
         assert top_k_units(one, 20) == top_k_units({site: single.scores[site]}, 20)
     assert top_k_units(batched.scores, 50) == top_k_units(single.scores, 50)
-    exact_batched, exact_single = statistics(0.0)  # without the tolerance, noise is counted
+    exact_batched, exact_single = batched_and_single_statistics(model, pairs, 0.0)
     assert any(
         not torch.equal(getattr(exact_batched, name)[site], getattr(exact_single, name)[site])
         for site in sites

@@ -105,3 +105,44 @@ def test_w2s_pipeline_on_gpu(tiny_backbone_dir, tmp_path):
     metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert metrics["summary"]["label_layers"]
     assert (resolve_run(tmp_path) / "w2s_predictor" / "w2s_predictor.json").is_file()
+
+
+def test_austeer_fit_on_gpu_selects_what_the_cpu_selects(tiny_backbone_dir, tmp_path):
+    """AUSteer (FFN on ``mlp_out``, all positions, answer-token statistic) on a GPU backbone:
+    the momentum counts equal a CPU run's (float noise of another device is counted as zero by
+    ``zero_tol``), so the ranking of units and the chosen edit are the same."""
+    from test_austeer_module import _fit as austeer_fit
+
+    from interventions.methods.austeer.units import top_k_units
+
+    runs = {}
+    for accel in ("cpu", "gpu"):
+        runs[accel] = austeer_fit(
+            "configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path / accel,
+            f"--trainer.accelerator={accel}", "--trainer.devices=1",
+        )  # fmt: skip
+    cpu, gpu = runs["cpu"].model, runs["gpu"].model
+    assert next(gpu.model.parameters()).device.type == "cuda"
+    for site in cpu.stats.count_pos:
+        assert torch.equal(cpu.stats.count_pos[site].cpu(), gpu.stats.count_pos[site].cpu()), site
+        assert torch.equal(cpu.stats.count_neg[site].cpu(), gpu.stats.count_neg[site].cpu()), site
+    cpu_scores = {s: v.cpu() for s, v in cpu.stats.scores.items()}
+    gpu_scores = {s: v.cpu() for s, v in gpu.stats.scores.items()}
+    assert top_k_units(cpu_scores, 20) == top_k_units(gpu_scores, 20)
+    assert cpu.choice == gpu.choice
+    metrics = json.loads((resolve_run(tmp_path / "gpu") / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0
+
+
+def test_austeer_batched_statistics_equal_one_at_a_time_on_gpu():
+    """The batch-invariance of the counts (issue 23) holds on a GPU too."""
+    from test_austeer import batched_and_single_statistics, noise_pairs
+
+    from interventions.methods.austeer.units import STAT_SITES, ZERO_TOL, top_k_units
+
+    model = tiny_model("llama").to("cuda")
+    batched, single = batched_and_single_statistics(model, noise_pairs(), ZERO_TOL)
+    for site in STAT_SITES:
+        assert torch.equal(batched.count_pos[site], single.count_pos[site]), site
+        assert torch.equal(batched.count_neg[site], single.count_neg[site]), site
+    assert top_k_units(batched.scores, 50) == top_k_units(single.scores, 50)
