@@ -19,7 +19,7 @@ CONFIGS = sorted(
 )
 
 
-def _fit(config: str, backbone: str, run: Path, *extra: str):
+def _fit(config: str, backbone: str, run: Path, *extra: str, callbacks=()):
     from interventions.cli import build_cli
 
     cli = build_cli(
@@ -36,6 +36,7 @@ def _fit(config: str, backbone: str, run: Path, *extra: str):
         ],
         run=False,
     )  # fmt: skip
+    cli.trainer.callbacks.extend(callbacks)
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli
 

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 from conftest import tiny_model
+from lightning.pytorch import Callback
 
 from interventions.core.hooks import attach, last_token_logits
 from interventions.core.sites import model_dims
@@ -61,7 +62,30 @@ def test_load_intervention_on_cuda_steers_a_gpu_model(tmp_path):
     assert not torch.allclose(plain, steered)
 
 
+class _Devices(Callback):
+    """Where the module's parameters are during training (``on_train_end``) and, for a frozen
+    backbone module, where its backbone is while :meth:`end_of_fit` runs."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        inner = getattr(pl_module, "end_of_fit", None)
+        if inner is None:
+            return
+
+        def recorded() -> None:
+            self.seen["end_of_fit"] = next(pl_module.model.parameters()).device.type
+            inner()
+
+        pl_module.end_of_fit = recorded
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.seen["train"] = pl_module.device.type
+
+
 def _fit(config: str, backbone: str, run, *extra: str):
+    """Fit ``config`` on the GPU; returns the CLI and the devices seen (:class:`_Devices`)."""
     from pathlib import Path
 
     from interventions.cli import build_cli
@@ -76,18 +100,23 @@ def _fit(config: str, backbone: str, run, *extra: str):
         ],
         run=False,
     )  # fmt: skip
+    devices = _Devices()
+    cli.trainer.callbacks.append(devices)
     cli.trainer.fit(cli.model, cli.datamodule)
-    return cli
+    return cli, devices.seen
 
 
 def test_activscalar_bf16_mixed_fit_on_gpu(tiny_backbone_dir, tmp_path):
-    cli = _fit(
+    cli, seen = _fit(
         "configs/ioi/activscalar.yaml", tiny_backbone_dir, tmp_path,
         "--trainer.precision=bf16-mixed", "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1", "--data.num_train=8", "--data.num_val=4",
         "--data.num_test=4", "--data.batch_size=4",
     )  # fmt: skip
-    assert next(cli.model.model.parameters()).device.type == "cuda"
+    # trained on the GPU, evaluated there at the end of fit (after Lightning's teardown moved
+    # the module to the CPU), and left on the CPU as teardown leaves it
+    assert seen == {"train": "cuda", "end_of_fit": "cuda"}
+    assert next(cli.model.model.parameters()).device.type == "cpu"
     assert all(p.dtype == torch.float32 for p in cli.model.edit.parameters())
     metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert all(v == v for v in metrics["test"].values())  # finite, not NaN
@@ -95,13 +124,13 @@ def test_activscalar_bf16_mixed_fit_on_gpu(tiny_backbone_dir, tmp_path):
 
 
 def test_w2s_pipeline_on_gpu(tiny_backbone_dir, tmp_path):
-    cli = _fit(
+    cli, seen = _fit(
         "configs/mwe/w2s_caa.yaml", tiny_backbone_dir, tmp_path,
         "--data.max_examples=20", "--data.behavior=corrigible-neutral-HHH",
         "--data.ood_variants=[]", "--trainer.max_epochs=2", "--model.encoder=lm_internal",
         f"--model.sweep_cache_dir={tmp_path / 'cache'}",
     )  # fmt: skip
-    assert next(cli.model.parameters()).device.type == "cuda"
+    assert seen == {"train": "cuda"}  # the predictor trains on the GPU
     metrics = json.loads((resolve_run(tmp_path) / "metrics.json").read_text())
     assert metrics["summary"]["label_layers"]
     assert (resolve_run(tmp_path) / "w2s_predictor" / "w2s_predictor.json").is_file()
@@ -110,19 +139,22 @@ def test_w2s_pipeline_on_gpu(tiny_backbone_dir, tmp_path):
 def test_austeer_fit_on_gpu_selects_what_the_cpu_selects(tiny_backbone_dir, tmp_path):
     """AUSteer (FFN on ``mlp_out``, all positions, answer-token statistic) on a GPU backbone:
     the momentum counts equal a CPU run's (float noise of another device is counted as zero by
-    ``zero_tol``), so the ranking of units and the chosen edit are the same."""
+    ``zero_tol``), so the ranking of units and the chosen edit are the same; the search and
+    evaluation at the end of fit run on the GPU."""
     from test_austeer_module import _fit as austeer_fit
 
     from interventions.methods.austeer.units import top_k_units
 
-    runs = {}
+    runs, seen = {}, {}
     for accel in ("cpu", "gpu"):
+        devices = _Devices()
         runs[accel] = austeer_fit(
             "configs/commonsense/austeer_ffn_copa.yaml", tiny_backbone_dir, tmp_path / accel,
-            f"--trainer.accelerator={accel}", "--trainer.devices=1",
+            f"--trainer.accelerator={accel}", "--trainer.devices=1", callbacks=[devices],
         )  # fmt: skip
+        seen[accel] = devices.seen
+    assert seen["gpu"]["end_of_fit"] == "cuda" and seen["cpu"]["end_of_fit"] == "cpu"
     cpu, gpu = runs["cpu"].model, runs["gpu"].model
-    assert next(gpu.model.parameters()).device.type == "cuda"
     for site in cpu.stats.count_pos:
         assert torch.equal(cpu.stats.count_pos[site].cpu(), gpu.stats.count_pos[site].cpu()), site
         assert torch.equal(cpu.stats.count_neg[site].cpu(), gpu.stats.count_neg[site].cpu()), site

@@ -562,6 +562,38 @@ class FrozenBackbone:
             check_precision(trainer)
         super().configure_model()  # type: ignore[misc]
 
+    def on_fit_end(self) -> None:
+        """Run :meth:`end_of_fit` (the evaluation, searches, samples and exports of a fit) on the
+        device the trainer used.
+
+        Lightning's teardown moves the module to the CPU *before* ``on_fit_end``, so work done
+        there would run the backbone on the CPU (and meet tensors the fit left on the GPU).  The
+        module goes back to the trainer's device for :meth:`end_of_fit` and returns to the CPU
+        afterwards, as teardown left it."""
+        with self.on_trainer_device():
+            self.end_of_fit()
+
+    def end_of_fit(self) -> None:
+        """The work at the end of ``fit``, on the trainer's device (override; default: none)."""
+
+    @contextlib.contextmanager
+    def on_trainer_device(self) -> Iterator[None]:
+        """Inside: the module (and a backbone it holds without a device map) is on the device the
+        trainer ran on; afterwards it is back on the CPU.  A no-op without a trainer or on a CPU
+        trainer."""
+        trainer = getattr(self, "_trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else None
+        if device is None or device.type == "cpu":
+            yield
+            return
+        self.to(device)  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            self.cpu()  # type: ignore[attr-defined]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # as Lightning's teardown does
+
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
         _keep_master_weights_float32(self)  # own trainable values never drop below float32

@@ -128,7 +128,7 @@ class ComputedModule(FrozenBackbone, LightningModule):
             self.reduce_statistics()
         self.statistics_complete()
 
-    def on_fit_end(self) -> None:
+    def end_of_fit(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not self.has_statistics():
             return

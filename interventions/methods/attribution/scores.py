@@ -47,7 +47,7 @@ metric and keeps the beta with the highest flip rate (ties: higher effectiveness
 is reported too.
 
 :class:`AttributionScalarModule` runs all of this from ``train.py fit``: one epoch accumulates the
-scores over the training split (no optimiser), ``on_fit_end`` searches beta, evaluates the test
+scores over the training split (no optimiser), the end of ``fit`` searches beta, evaluates the test
 prompts, exports the ActivScalar (``alpha`` = the normalised scores, the chosen beta in the JSON's
 ``extra.beta``), and writes ``scores.safetensors``, ``metrics.json`` and heatmaps.
 """

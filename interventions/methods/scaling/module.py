@@ -515,7 +515,7 @@ class InterventionModule(FrozenBackbone, L.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
 
-    def on_fit_end(self) -> None:
+    def end_of_fit(self) -> None:
         if self.trainer.sanity_checking:
             return
         # On every rank: the evaluation shards its prompts and combines the ranks' metrics
