@@ -36,8 +36,8 @@ from typing import Any
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DDPStrategy
 
-from interventions.core.backbone import FrozenBackbone
 from interventions.core.distributed import is_distributed, rank_and_world
+from interventions.core.frozen import FrozenBackbone
 from interventions.reporting.artifacts import RunArtifacts
 from interventions.reporting.run_folder import run_folder
 

@@ -32,9 +32,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from interventions.core.backbone import DEFAULT_BACKBONE, FrozenBackbone
+from interventions.core.backbone import DEFAULT_BACKBONE
 from interventions.core.dispatch import DeviceMap, MaxMemory, input_device
 from interventions.core.distributed import all_reduce_count, all_reduce_sum, shard_loader
+from interventions.core.frozen import FrozenBackbone
 from interventions.core.hooks import attach, last_token_logits
 from interventions.core.sites import check_sites, model_dims
 from interventions.edits import EDITS, PointEdit, PositionSpec, build_edit
